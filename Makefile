@@ -1,0 +1,46 @@
+# Two commands for readers (see README):  make book   and   make test
+# Everything else they need (virtualenv, pinned packages, vendored MathJax) is installed on demand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SCALE  ?= ci
+MATHJAX := book/_vendor/mathjax/tex-chtml.js
+
+.PHONY: install vendor book test test-fast chapter student bench clean
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+node_modules/mathjax/es5/tex-chtml.js: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+$(MATHJAX): node_modules/mathjax/es5/tex-chtml.js
+	rm -rf book/_vendor/mathjax
+	mkdir -p book/_vendor
+	cp -r node_modules/mathjax/es5 book/_vendor/mathjax
+	touch $@
+
+install: $(STAMP)            ## virtualenv with the pinned packages
+vendor: $(MATHJAX)           ## MathJax 3 for offline math
+
+book: install vendor         ## execute every chapter at SCALE (default ci) and render _build/html
+	$(PY) -m overparam build --scale $(SCALE)
+
+test: install vendor         ## the whole test suite (chapters at smoke scale, the book in a browser)
+	$(PY) -m pytest
+
+test-fast: install           ## unit tests only
+	$(PY) -m pytest -m "not slow and not browser"
+
+chapter: install             ## one chapter: make chapter CH=01 SCALE=smoke
+	$(PY) -m overparam run $(CH) --scale $(SCALE)
+
+clean:
+	rm -rf _build book/generated

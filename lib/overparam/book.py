@@ -1,0 +1,167 @@
+"""Build the HTML book from executed chapters.
+
+Steps: run every chapter (``runner.run_chapters``; unchanged ones come from the
+cache), write the scorecard and provenance pages from the results files, stage
+a source tree holding the executed notebooks instead of the ``.md`` sources,
+and render it with Jupyter Book 1.x (which must not execute anything again).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .claims import FAIL, PASS, RECORDED
+from .provenance import repo_root
+from .runner import ChapterRun, discover_chapters, run_chapters, run_dir
+
+STATUS_MARK = {PASS: "✅ pass", FAIL: "❌ **FAIL**", RECORDED: "⏺ recorded"}
+
+
+def _load(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+
+
+def _fmt_prediction(c: dict) -> str:
+    if c.get("interval") is not None:
+        lo, hi = c["interval"]
+        return f"[{'−∞' if lo is None else f'{lo:.4g}'}, {'+∞' if hi is None else f'{hi:.4g}'}]"
+    return f"{c['predicted']:.4g} ± {c['tolerance']:.3g}"
+
+
+def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
+    """The scorecard page: every claim of every chapter, measured vs predicted, pass/fail."""
+    results, status = _load(runs_folder / "results"), _load(runs_folder / "status")
+    lines = [
+        "# Scorecard", "",
+        "Every claim of every chapter, as measured by the last build. A claim passes when the measured",
+        "value lies within the tolerance or interval that the chapter fixed *before* running the",
+        "experiment; below the scale from which a claim is expected to hold it is only recorded.",
+        "Failures are shown, not hidden.", "",
+    ]
+    n_pass = n_fail = n_rec = 0
+    body = []
+    for cid, source in chapters.items():
+        res, st = results.get(cid), status.get(cid, {})
+        title = f"## Chapter {cid}: [{source.stem}](../../chapters/{source.stem}.ipynb)"
+        body += [title, ""]
+        if st.get("status") == "failed":
+            cell = st.get("failed_cell")
+            body += [f"**The chapter failed to execute**{f' at cell {cell}' if cell is not None else ''}: "
+                     f"`{st.get('error', '')}`", ""]
+            if res:
+                body += ["The claims below are from the last successful run.", ""]
+        if not res:
+            body += ["No results recorded yet.", ""]
+            continue
+        body += [f"Scale `{res['scale']}`, seed `{res['seed']}`, wall time {res['wall_time_s']:.1f} s.", "",
+                 "| claim | statement | measured | predicted | holds from | status |",
+                 "|---|---|---|---|---|---|"]
+        for c in res["claims"]:
+            n_pass += c["status"] == PASS
+            n_fail += c["status"] == FAIL
+            n_rec += c["status"] == RECORDED
+            body.append(f"| `{c['id']}` | {c['statement']} | {c['measured']:.4g} | {_fmt_prediction(c)} | "
+                        f"`{c['holds_from']}` | {STATUS_MARK[c['status']]} |")
+        body.append("")
+    lines += [f"**{n_pass} pass, {n_fail} fail, {n_rec} recorded only** across {len(chapters)} chapters.", ""]
+    return "\n".join(lines + body)
+
+
+def provenance_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
+    """The provenance page: versions, device, seed, scale, wall time and commit of each chapter run."""
+    results, status = _load(runs_folder / "results"), _load(runs_folder / "status")
+    lines = ["# Provenance", "",
+             "Where every number in this book comes from: the code version, the machine and the time",
+             "each chapter took to execute in the build that produced this page.", "",
+             "| chapter | scale | seed | wall time (s) | status | device | git commit | finished (UTC) |",
+             "|---|---|---|---|---|---|---|---|"]
+    versions = None
+    for cid, source in chapters.items():
+        res, st = results.get(cid), status.get(cid, {})
+        if not res:
+            lines.append(f"| {source.stem} | – | – | – | {st.get('status', 'not run')} | – | – | – |")
+            continue
+        versions = versions or res["versions"]
+        dev = res["device"]
+        lines.append(f"| {source.stem} | `{res['scale']}` | `{res['seed']}` | {res['wall_time_s']:.1f} | "
+                     f"{st.get('status', 'ok')} | {dev['backend']} ({dev['device']}) | `{res['git_commit']}` | "
+                     f"{res['finished_at']} |")
+    total = sum(r["wall_time_s"] for r in results.values())
+    lines += ["", f"Total chapter wall time: {total:.0f} s (measured inside each notebook; kernel start-up excluded).",
+              ""]
+    if versions:
+        lines += ["## Package versions", "", "| package | version |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in versions.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_generated_pages(runs_folder: Path, root: Path) -> Path:
+    """Write ``book/generated/{scorecard,provenance}.md``; returns the folder."""
+    chapters = discover_chapters(root)
+    out = root / "book" / "generated"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scorecard.md").write_text(scorecard_markdown(runs_folder, chapters))
+    (out / "provenance.md").write_text(provenance_markdown(runs_folder, chapters))
+    return out
+
+
+def stage_sources(runs_folder: Path, root: Path, stage: Path) -> Path:
+    """A book source tree with executed notebooks in place of the chapter sources."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    (stage / "chapters").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copyfile(root / name, stage / name)
+    shutil.copytree(root / "book", stage / "book")
+    for cid, source in discover_chapters(root).items():
+        good = runs_folder / "notebooks" / f"{source.stem}.ipynb"
+        failed = runs_folder / "notebooks" / f"{source.stem}.failed.ipynb"
+        chosen = good if good.exists() else failed
+        if chosen.exists():
+            shutil.copyfile(chosen, stage / "chapters" / f"{source.stem}.ipynb")
+        else:  # never ran: render the source so the page exists
+            shutil.copyfile(source, stage / "chapters" / source.name)
+    return stage
+
+
+def render_html(stage: Path, root: Path, builder: str = "html") -> int:
+    """Run Jupyter Book on the staged tree; HTML lands in ``<root>/_build/html``."""
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb), "build", str(stage), "--path-output", str(root), "--builder", builder, "-W", "-n", "--keep-going"]
+    return subprocess.run(cmd).returncode
+
+
+def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Path | None = None,
+               force: bool = False, log=print) -> int:
+    """Run chapters, write scorecard/provenance, render HTML. Returns the exit code (0 = all good).
+
+    Non-zero when a chapter failed to execute, a claim failed at a scale where it
+    must hold, or Sphinx reported a warning; everything that did work is kept.
+    """
+    root = Path(root or repo_root())
+    vendor = root / "book" / "_vendor" / "mathjax" / "tex-chtml.js"
+    if not vendor.exists():
+        log(f"MathJax is not vendored ({vendor} missing): run `make vendor` (npm) first", flush=True)
+        return 2
+    runs: list[ChapterRun] = run_chapters(chapters, scale, root=root, force=force, log=log)
+    folder = run_dir(scale, root)
+    write_generated_pages(folder, root)
+    stage = stage_sources(folder, root, root / "_build" / "stage")
+    log("rendering HTML with Jupyter Book ...", flush=True)
+    html_rc = render_html(stage, root)
+    failed = [r for r in runs if r.status == "failed"]
+    claim_fail = [r for r in runs if r.claims_failed]
+    log(f"book: {len(runs)} chapters, {len(failed)} failed to execute, "
+        f"{sum(r.claims_failed for r in runs)} claims failed; HTML at {root / '_build' / 'html' / 'index.html'}",
+        flush=True)
+    for r in failed:
+        log(f"  FAILED {r.name} at cell {r.failed_cell}: {r.error}", flush=True)
+    for r in claim_fail:
+        log(f"  CLAIMS FAILED in {r.name}: {r.claims_failed} of {r.claims_total} (see the scorecard)", flush=True)
+    if html_rc != 0:
+        log(f"  Jupyter Book exited with {html_rc}", flush=True)
+    return 1 if (failed or claim_fail or html_rc) else 0
