@@ -99,10 +99,10 @@ def provenance_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_generated_pages(runs_folder: Path, root: Path) -> Path:
-    """Write ``book/generated/{scorecard,provenance}.md``; returns the folder."""
+def write_generated_pages(runs_folder: Path, root: Path, stage: Path) -> Path:
+    """Write ``<stage>/book/generated/{scorecard,provenance}.md``; returns the folder."""
     chapters = discover_chapters(root)
-    out = root / "book" / "generated"
+    out = stage / "book" / "generated"
     out.mkdir(parents=True, exist_ok=True)
     (out / "scorecard.md").write_text(scorecard_markdown(runs_folder, chapters))
     (out / "provenance.md").write_text(provenance_markdown(runs_folder, chapters))
@@ -116,7 +116,7 @@ def stage_sources(runs_folder: Path, root: Path, stage: Path) -> Path:
     (stage / "chapters").mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copyfile(root / name, stage / name)
-    shutil.copytree(root / "book", stage / "book")
+    shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("generated"))
     for cid, source in discover_chapters(root).items():
         good = runs_folder / "notebooks" / f"{source.stem}.ipynb"
         failed = runs_folder / "notebooks" / f"{source.stem}.failed.ipynb"
@@ -128,35 +128,38 @@ def stage_sources(runs_folder: Path, root: Path, stage: Path) -> Path:
     return stage
 
 
-def render_html(stage: Path, root: Path, builder: str = "html") -> int:
-    """Run Jupyter Book on the staged tree; HTML lands in ``<root>/_build/html``."""
+def render_html(stage: Path, path_output: Path, builder: str = "html") -> int:
+    """Run Jupyter Book on the staged tree; HTML lands in ``<path_output>/_build/html``."""
     jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb), "build", str(stage), "--path-output", str(root), "--builder", builder, "-W", "-n", "--keep-going"]
+    cmd = [str(jb), "build", str(stage), "--path-output", str(path_output), "--builder", builder,
+           "-W", "-n", "--keep-going"]
     return subprocess.run(cmd).returncode
 
 
 def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Path | None = None,
-               force: bool = False, log=print) -> int:
+               path_output: Path | None = None, force: bool = False, log=print) -> int:
     """Run chapters, write scorecard/provenance, render HTML. Returns the exit code (0 = all good).
 
     Non-zero when a chapter failed to execute, a claim failed at a scale where it
     must hold, or Sphinx reported a warning; everything that did work is kept.
+    The HTML lands in ``<path_output>/_build/html`` (``path_output`` defaults to the root).
     """
     root = Path(root or repo_root())
+    path_output = Path(path_output or root)
     vendor = root / "book" / "_vendor" / "mathjax" / "tex-chtml.js"
     if not vendor.exists():
         log(f"MathJax is not vendored ({vendor} missing): run `make vendor` (npm) first", flush=True)
         return 2
     runs: list[ChapterRun] = run_chapters(chapters, scale, root=root, force=force, log=log)
     folder = run_dir(scale, root)
-    write_generated_pages(folder, root)
-    stage = stage_sources(folder, root, root / "_build" / "stage")
+    stage = stage_sources(folder, root, path_output / "_build" / f"stage-{scale}")
+    write_generated_pages(folder, root, stage)
     log("rendering HTML with Jupyter Book ...", flush=True)
-    html_rc = render_html(stage, root)
+    html_rc = render_html(stage, path_output)
     failed = [r for r in runs if r.status == "failed"]
     claim_fail = [r for r in runs if r.claims_failed]
     log(f"book: {len(runs)} chapters, {len(failed)} failed to execute, "
-        f"{sum(r.claims_failed for r in runs)} claims failed; HTML at {root / '_build' / 'html' / 'index.html'}",
+        f"{sum(r.claims_failed for r in runs)} claims failed; HTML at {path_output / '_build' / 'html' / 'index.html'}",
         flush=True)
     for r in failed:
         log(f"  FAILED {r.name} at cell {r.failed_cell}: {r.error}", flush=True)

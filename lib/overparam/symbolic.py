@@ -15,7 +15,7 @@ import sympy as sp
 def to_numeric(expr, symbols: Iterable[sp.Symbol], backend: str = "jax"):
     """``lambdify`` ``expr`` over ``symbols``; backend ``"jax"`` (jax.numpy) or ``"numpy"``.
 
-    The JAX version traces under ``jit``/``vmap``; use float64 (``jax.experimental.enable_x64``)
+    The JAX version traces under ``jit``/``vmap``; use float64 (``with jax.enable_x64(True):``)
     when comparing against a derivation to tight tolerances.
     """
     if backend == "jax":

@@ -1,0 +1,114 @@
+"""The whole book at `smoke` scale: built to HTML, then opened in headless Chromium from 127.0.0.1.
+
+Checks: every page renders, math is typeset by the vendored MathJax, figures load, the
+scorecard lists claims, and no request leaves 127.0.0.1.
+"""
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from overparam.book import build_book
+from overparam.runner import discover_chapters
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    if not (REPO / "book" / "_vendor" / "mathjax" / "tex-chtml.js").exists():
+        pytest.fail("MathJax is not vendored: run `make vendor` (make test does it)")
+    out = tmp_path_factory.mktemp("book")
+    lines = []
+    rc = build_book("smoke", root=REPO, path_output=out, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    html = out / "_build" / "html"
+    assert rc == 0, "smoke build failed:\n" + "\n".join(lines)
+    return html
+
+
+@pytest.mark.slow
+def test_every_page_is_built(built_book):
+    assert (built_book / "index.html").exists()
+    for stem in ("scorecard", "provenance"):
+        assert (built_book / "book" / "generated" / f"{stem}.html").exists()
+    for path in discover_chapters(REPO).values():
+        page = built_book / "chapters" / f"{path.stem}.html"
+        assert page.exists(), f"{path.stem} has no page"
+        text = page.read_text()
+        assert "injected-parameters" not in text, "papermill's injected cell must be hidden"
+    assert (built_book / "book" / "_vendor" / "mathjax" / "tex-chtml.js").exists() or \
+        (built_book / "_static" / "mathjax" / "tex-chtml.js").exists()
+
+
+@pytest.fixture(scope="session")
+def server(built_book):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def _open(browser, url):
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(url, wait_until="networkidle")
+    return page, requests
+
+
+def _assert_local(requests):
+    outside = [u for u in requests if not u.startswith(("http://127.0.0.1", "data:", "blob:", "about:"))]
+    assert not outside, f"requests left 127.0.0.1: {outside[:5]}"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.parametrize("stem", [p.stem for p in discover_chapters(REPO).values()])
+def test_chapter_page_typesets_math_and_loads_figures(browser, server, stem):
+    page, requests = _open(browser, f"{server}/chapters/{stem}.html")
+    page.wait_for_selector("mjx-container", timeout=20000)
+    assert page.locator("mjx-container").count() > 3, "math was not typeset"
+    assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
+    images = page.locator("img").evaluate_all("els => els.map(e => [e.src, e.complete && e.naturalWidth > 0])")
+    figures = [src for src, ok in images if "logo" not in src]
+    assert figures, "the chapter shows no figure"
+    broken = [src for src, ok in images if not ok]
+    assert not broken, f"images failed to load: {broken}"
+    _assert_local(requests)
+    page.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_scorecard_lists_claims_offline(browser, server):
+    page, requests = _open(browser, f"{server}/book/generated/scorecard.html")
+    text = page.inner_text("main")
+    assert "Scorecard" in text and "recorded" in text
+    for path in discover_chapters(REPO).values():
+        assert path.stem in text
+    _assert_local(requests)
+    page.close()
