@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SCALE  ?= ci
 MATHJAX := book/_vendor/mathjax/tex-chtml.js
 
-.PHONY: install vendor book test test-fast chapter student bench clean
+.PHONY: install vendor book test test-fast chapter student grade bench clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,9 @@ chapter: install             ## one chapter: make chapter CH=01 SCALE=smoke
 
 clean:
 	rm -rf _build book/generated
+
+student: install             ## student edition into student/ (STUDENT_SCALE=smoke to preset a scale)
+	$(PY) -m overparam student --out student $(if $(STUDENT_SCALE),--scale $(STUDENT_SCALE),)
+
+grade: install               ## grade a folder of submissions: make grade SUBMISSIONS=path/to/folder
+	$(PY) -m overparam grade $(SUBMISSIONS) --json grades.json
