@@ -64,3 +64,12 @@ def test_results_file_has_claims_and_provenance(tmp_path):
         assert key in data
     assert data["versions"]["jax"] and data["device"]["backend"] == "cpu"
     assert "| `a` | slope |" in rec.table_markdown()
+
+
+def test_known_failure_stays_failed_but_does_not_block():
+    rec = ClaimRecorder("99", scale="ci", seed=0)
+    c = rec.claim("k", "slope", -0.8, predicted=-0.5, tolerance=0.15, known_failure="the bound is not tight")
+    assert c.status == FAIL and not c.blocking and rec.failures() == []
+    assert "known, explained" in rec.table_markdown()
+    ok = rec.claim("k2", "slope", -0.5, predicted=-0.5, tolerance=0.15, known_failure="stale marker")
+    assert ok.status == PASS and "remove the marker" in ok.note

@@ -42,7 +42,7 @@ def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
         "experiment; below the scale from which a claim is expected to hold it is only recorded.",
         "Failures are shown, not hidden.", "",
     ]
-    n_pass = n_fail = n_rec = 0
+    n_pass = n_fail = n_rec = n_known = 0
     body = []
     for cid, source in chapters.items():
         res, st = results.get(cid), status.get(cid, {})
@@ -63,11 +63,16 @@ def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
         for c in res["claims"]:
             n_pass += c["status"] == PASS
             n_fail += c["status"] == FAIL
+            n_known += c["status"] == FAIL and bool(c.get("known_failure"))
             n_rec += c["status"] == RECORDED
+            status = STATUS_MARK[c["status"]]
+            if c.get("known_failure") and c["status"] == FAIL:
+                status += f" (known failure: {c['known_failure']})"
             body.append(f"| `{c['id']}` | {c['statement']} | {c['measured']:.4g} | {_fmt_prediction(c)} | "
-                        f"`{c['holds_from']}` | {STATUS_MARK[c['status']]} |")
+                        f"`{c['holds_from']}` | {status} |")
         body.append("")
-    lines += [f"**{n_pass} pass, {n_fail} fail, {n_rec} recorded only** across {len(chapters)} chapters.", ""]
+    lines += [f"**{n_pass} pass, {n_fail} fail ({n_known} of them known and explained in their chapter), "
+              f"{n_rec} recorded only** across {len(chapters)} chapters.", ""]
     return "\n".join(lines + body)
 
 

@@ -44,6 +44,12 @@ class Claim:
     within: bool
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    known_failure: str = ""
+
+    @property
+    def blocking(self) -> bool:
+        """A failure that nobody has investigated and explained: it fails the book build."""
+        return self.status == FAIL and not self.known_failure
 
     @property
     def prediction_text(self) -> str:
@@ -99,11 +105,17 @@ class ClaimRecorder:
         interval: tuple[float | None, float | None] | None = None,
         holds_from: str = "ci",
         details: dict[str, Any] | None = None,
+        known_failure: str = "",
     ) -> Claim:
         """Record a claim: give ``predicted`` and ``tolerance`` (absolute), or ``interval=(lo, hi)``.
 
         Either end of the interval may be ``None`` (open). ``holds_from`` is the
         smallest scale at which the prediction is expected to hold.
+
+        ``known_failure``: for a claim that failed, was investigated, and is explained in the
+        chapter, the explanation. The claim keeps its prediction and tolerance and is still
+        shown as failing on the scorecard, with this text; it no longer fails the build (like
+        pytest's xfail). Never use it to hide a failure that has not been explained.
         """
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim id {id!r} is used twice in chapter {self.chapter}")
@@ -128,8 +140,10 @@ class ClaimRecorder:
         status = (PASS if within else FAIL) if enforced else RECORDED
         if not enforced:
             note = (note + "; " if note else "") + f"not enforced below scale {holds_from!r}"
+        if known_failure and within:
+            note = (note + "; " if note else "") + "marked as a known failure but it holds now: remove the marker"
         c = Claim(id, statement, value, predicted, tolerance, interval, holds_from, self.scale, status, within, note,
-                  dict(details or {}))
+                  dict(details or {}), str(known_failure))
         self.claims.append(c)
         return c
 
@@ -140,6 +154,8 @@ class ClaimRecorder:
         mark = {PASS: "✅ pass", FAIL: "❌ FAIL", RECORDED: "⏺ recorded"}
         for c in self.claims:
             within = "" if c.status != RECORDED else (" (within)" if c.within else " (outside)")
+            if c.known_failure and not c.within:
+                within += " (known, explained in the text)"
             rows.append(f"| `{c.id}` | {c.statement} | {c.measured:.4g} | {c.prediction_text} | {mark[c.status]}{within} |")
         return "\n".join(rows)
 
@@ -181,4 +197,5 @@ class ClaimRecorder:
         return path
 
     def failures(self) -> list[Claim]:
-        return [c for c in self.claims if c.status == FAIL]
+        """Claims that failed and are not explained as known failures."""
+        return [c for c in self.claims if c.blocking]
