@@ -42,6 +42,7 @@ def test_every_page_is_built(built_book):
         assert page.exists(), f"{path.stem} has no page"
         text = page.read_text()
         assert "injected-parameters" not in text, "papermill's injected cell must be hidden"
+        assert f"{path.stem}.clean.ipynb" in text and "mybinder.org" in text, "download and launch links missing"
     assert (built_book / "book" / "_vendor" / "mathjax" / "tex-chtml.js").exists() or \
         (built_book / "_static" / "mathjax" / "tex-chtml.js").exists()
 

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from .claims import FAIL, PASS, RECORDED
-from .provenance import repo_root
+from .downloads import add_downloads
+from .provenance import git_commit, repo_root
 from .runner import ChapterRun, discover_chapters, run_chapters, run_dir
 
 STATUS_MARK = {PASS: "✅ pass", FAIL: "❌ **FAIL**", RECORDED: "⏺ recorded"}
@@ -65,11 +66,11 @@ def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
             n_fail += c["status"] == FAIL
             n_known += c["status"] == FAIL and bool(c.get("known_failure"))
             n_rec += c["status"] == RECORDED
-            status = STATUS_MARK[c["status"]]
+            mark = STATUS_MARK[c["status"]]
             if c.get("known_failure") and c["status"] == FAIL:
-                status += f" (known failure: {c['known_failure']})"
+                mark += f" (known failure: {c['known_failure']})"
             body.append(f"| `{c['id']}` | {c['statement']} | {c['measured']:.4g} | {_fmt_prediction(c)} | "
-                        f"`{c['holds_from']}` | {status} |")
+                        f"`{c['holds_from']}` | {mark} |")
         body.append("")
     lines += [f"**{n_pass} pass, {n_fail} fail ({n_known} of them known and explained in their chapter), "
               f"{n_rec} recorded only** across {len(chapters)} chapters.", ""]
@@ -114,6 +115,14 @@ def write_generated_pages(runs_folder: Path, root: Path, stage: Path) -> Path:
     return out
 
 
+def repository_url(root: Path) -> str:
+    """``repository.url`` from ``_config.yml`` (where the book's sources are published)."""
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    return config.get("repository", {}).get("url", "https://github.com/overparameterized/overparameterized")
+
+
 def stage_sources(runs_folder: Path, root: Path, stage: Path) -> Path:
     """A book source tree with executed notebooks in place of the chapter sources."""
     if stage.exists():
@@ -122,12 +131,17 @@ def stage_sources(runs_folder: Path, root: Path, stage: Path) -> Path:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copyfile(root / name, stage / name)
     shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("generated"))
+    repo_url = repository_url(root)
+    commit = git_commit(root).replace("+dirty", "")
+    commit = "main" if commit == "unknown" else commit
     for cid, source in discover_chapters(root).items():
         good = runs_folder / "notebooks" / f"{source.stem}.ipynb"
         failed = runs_folder / "notebooks" / f"{source.stem}.failed.ipynb"
         chosen = good if good.exists() else failed
         if chosen.exists():
-            shutil.copyfile(chosen, stage / "chapters" / f"{source.stem}.ipynb")
+            staged = stage / "chapters" / f"{source.stem}.ipynb"
+            shutil.copyfile(chosen, staged)
+            add_downloads(staged, repo_url, commit)
         else:  # never ran: render the source so the page exists
             shutil.copyfile(source, stage / "chapters" / source.name)
     return stage
