@@ -1,0 +1,147 @@
+"""SymPy derivations for chapter 04: the AGOP of low-rank targets, and the minibatch catapult threshold.
+
+Part 1, AGOP. For a predictor f: R^d -> R the average gradient outer product is
+G_f = E_x[grad f(x) grad f(x)^T] (d, d). For a target f*(x) = g(U^T x) with U (d, r)
+orthonormal columns and x ~ N(0, I_d), z = U^T x ~ N(0, I_r) and grad f* = U grad g(z), so
+
+    G_{f*} = U M U^T,   M = E_z[grad g(z) grad g(z)^T]  (r, r),
+
+exactly of rank <= r. ``gaussian_expectation`` evaluates E_z of a polynomial by the moments of
+independent standard normals (E z^k = (k-1)!! for even k, 0 for odd k). The targets are those
+of ``overparam.data.low_rank_polynomial`` (U = the first r coordinate axes).
+
+Part 2, why small batches catapult. The loss of a minibatch B of b points is the half mean
+squared error 1/(2b) sum_{i in B} (f_i - y_i)^2; for the linearized model a step multiplies
+the batch residual along an eigenvector of the batch NTK Gram matrix K_B (eigenvalue mu) by
+1 - eta mu / b (``overparam.derivations.catapult.linear_model_threshold`` with N = b), so the
+batch step is unstable iff eta > 2 b / mu_max(K_B). For a kernel with mean off-diagonal entry
+c and diagonal c + delta, K_B ~ c 1 1^T + delta I and mu_max / b = c + delta / b: the
+threshold 2 / (c + delta / b) grows with b. The kernel change in a catapult is the uv-model
+result of chapter 3 (``kernel_change_uv``).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from . import catapult
+
+
+# ----------------------------------------------------------------------------- part 1: AGOP
+def gaussian_moment(k: int) -> sp.Integer:
+    """E[z^k] for z ~ N(0, 1): (k-1)!! for even k >= 0, 0 for odd k."""
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k={k} must be a non-negative integer")
+    return sp.Integer(0) if k % 2 else sp.factorial2(k - 1) if k else sp.Integer(1)
+
+
+def gaussian_expectation(expr, zs) -> sp.Expr:
+    """E[expr] for a polynomial ``expr`` in the symbols ``zs``, i.i.d. N(0, 1).
+
+    Expands into monomials and replaces each z_j^k by ``gaussian_moment(k)`` (independence makes
+    the moments of a monomial factor). Other symbols in ``expr`` are treated as constants.
+    """
+    zs = list(zs)
+    poly = sp.Poly(sp.expand(expr), *zs)
+    total = sp.Integer(0)
+    for powers, coeff in poly.terms():
+        term = coeff
+        for k in powers:
+            term *= gaussian_moment(k)
+        total += term
+    return sp.simplify(total)
+
+
+def agop_gaussian(g, zs) -> sp.Matrix:
+    """M = E_z[grad g(z) grad g(z)^T] (r, r) for a polynomial g of z ~ N(0, I_r)."""
+    zs = list(zs)
+    grad = sp.Matrix([sp.diff(g, z) for z in zs])
+    outer = grad * grad.T
+    return outer.applyfunc(lambda e: gaussian_expectation(e, zs))
+
+
+def target_polynomial(kind: str):
+    """(g, zs) of the target ``overparam.data.low_rank_polynomial(x, kind)`` = g(x_1, ..., x_r).
+
+    kind: "linear" z1; "hermite2" (z1^2 - 1)/sqrt 2; "hermite3" (z1^3 - 3 z1)/sqrt 6; "x1x2" z1 z2;
+    "x1x2x3" z1 z2 z3. Each has E g = 0 and E g^2 = 1 under z ~ N(0, I_r).
+    """
+    z1, z2, z3 = sp.symbols("z1 z2 z3", real=True)
+    table = {
+        "linear": (z1, (z1,)),
+        "hermite2": ((z1**2 - 1) / sp.sqrt(2), (z1,)),
+        "hermite3": ((z1**3 - 3 * z1) / sp.sqrt(6), (z1,)),
+        "x1x2": (z1 * z2, (z1, z2)),
+        "x1x2x3": (z1 * z2 * z3, (z1, z2, z3)),
+    }
+    if kind not in table:
+        raise ValueError(f"kind={kind!r} is not a known target; allowed: {', '.join(table)}")
+    return table[kind]
+
+
+TARGET_NAMES = ("linear", "hermite2", "hermite3", "x1x2", "x1x2x3")
+
+
+def target_agop(kind: str, d: int) -> sp.Matrix:
+    """Closed-form AGOP G_{f*} (d, d) of the target ``kind`` on x ~ N(0, I_d): diag(M, 0), rank r."""
+    g, zs = target_polynomial(kind)
+    r = len(zs)
+    if int(d) < r:
+        raise ValueError(f"d={d} must be at least the rank r={r} of target {kind!r}")
+    m = agop_gaussian(g, zs)
+    out = sp.zeros(int(d), int(d))
+    out[:r, :r] = m
+    return out
+
+
+def isotropic_alignment(kind: str, d=None) -> sp.Expr:
+    """Alignment <I, G*>_F / (|I|_F |G*|_F) = tr G* / (sqrt(d) |G*|_F): what an isotropic AGOP scores.
+
+    A network at a rotation-invariant initialization has E G_model proportional to I, so this is
+    the alignment to expect before any feature learning. ``d`` may be symbolic (default: d).
+    """
+    g, zs = target_polynomial(kind)
+    m = agop_gaussian(g, zs)
+    d = sp.Symbol("d", positive=True) if d is None else sp.sympify(d)
+    fro = sp.sqrt(sum(e**2 for e in m))
+    return sp.simplify(m.trace() / (sp.sqrt(d) * fro))
+
+
+
+
+# --------------------------------------------------------- part 2: minibatch catapult threshold
+def batch_kernel_top(b=None):
+    """(mu_max / b, eta_crit(b)) for a batch kernel K = c 1 1^T + delta I of b points.
+
+    K 1 = (c b + delta) 1, so the top eigenvalue per point is c + delta / b and the critical
+    learning rate of the batch loss 1/(2b)|f - y|^2 is 2 / (c + delta / b): it grows with b, so
+    at one learning rate the small batches are the ones beyond their threshold. ``b`` may be a
+    number or symbolic (default: the symbol b).
+    """
+    c, delta = sp.symbols("c delta", positive=True)
+    b = sp.Symbol("b", positive=True) if b is None else sp.sympify(b)
+    mu_max = c * b + delta  # K 1 = (c b + delta) 1, the top eigenvalue for c > 0
+    _, eta_max = catapult.linear_model_threshold()  # 2 N / mu for the loss 1/(2N)|f - y|^2
+    sym = {s.name: s for s in eta_max.free_symbols}
+    eta_crit = eta_max.subs({sym["N"]: b, sym["mu"]: mu_max})
+    return sp.simplify(mu_max / b), sp.simplify(eta_crit)
+
+
+def batch_kernel_eigs(b: int):
+    """Eigenvalues {eigenvalue: multiplicity} of c 1 1^T + delta I (b, b), computed by SymPy."""
+    c, delta = sp.symbols("c delta", positive=True)
+    k = c * sp.ones(int(b), int(b)) + delta * sp.eye(int(b))
+    return k.eigenvals()
+
+
+def kernel_change_uv():
+    """lam' - lam of the uv model (chapter 3) with y = 0, kappa = 1, x = 1, factored.
+
+    = eta r^2 (eta lam - 4) / m: negative in the catapult window 2 < eta lam < 4, proportional
+    to the loss r^2 / 2 and to 1/m, so the kernel moves only once the loss has grown large: the
+    spike. Derived from ``overparam.derivations.catapult.uv_one_step``.
+    """
+    _, lam_next = catapult.uv_one_step()
+    subs = {catapult.y: 0, catapult.kappa: 1, catapult.x: 1}
+    return sp.factor(sp.expand((lam_next - catapult.lam).subs(subs)))
