@@ -1,0 +1,286 @@
+r"""Losses and training loops: full-batch GD, minibatch SGD and any optax optimizer, each one ``lax.scan``.
+
+Loss normalization (every learning-rate threshold in the book is relative to it):
+
+    mse_loss(pred, y) = 1/(2N) sum_{n=1..N} sum_{k=1..K} (pred[n, k] - y[n, k])^2
+
+with N = pred.shape[0] examples and K outputs (a sum over outputs, a mean over examples).
+
+Stability of GD, derived for this loss. For the linearized model f = f0 + J dtheta with J
+(NK, P) and Theta = J J^T (NK, NK; for K = 1 the empirical NTK Gram matrix of
+``overparam.ntk``, unnormalized: summed over parameters), a GD step with learning rate lr is
+theta <- theta - (lr/N) J^T r, so the residual r = f - y obeys
+
+    r_{t+1} = (I - (lr/N) Theta) r_t.
+
+Each eigen-direction of Theta with eigenvalue lambda > 0 contracts iff |1 - lr lambda/N| < 1, so
+GD is stable iff lr < 2N / lambda_max(Theta) (``max_stable_lr``). Equivalently, the loss
+Hessian of the linear model is H = J^T J / N, whose nonzero eigenvalues are those of Theta/N:
+lr < 2 / lambda_max(H). For K > 1 use the full (NK, NK) Gram matrix with num_examples=N; the
+trace-averaged kernel of ``overparam.ntk`` equals its blocks when Theta ~ Theta_1 (x) I_K.
+
+Training loops. ``train_gd``, ``train_sgd`` and ``train_optax`` run one jitted ``lax.scan``
+and return a ``TrainResult``. Learning rate, params0, data and key are traced, so
+``jax.vmap`` over learning rates or seeds compiles once; the loss function, optimizer and
+callback are static (hashed by identity: build them once and reuse them). A step t evaluates
+the loss (and gradient) at theta_t and updates to theta_{t+1}. Divergence: if the loss at
+theta_t is non-finite or above ``divergence_threshold``, or theta_{t+1} is non-finite, the
+run is marked ``diverged`` at step t and the parameters stay at theta_t from then on (no NaN
+propagates, nothing raises); losses recorded at steps >= the divergence step are ``inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+# --------------------------------------------------------------------------------------- losses
+
+
+def _check_same_shape(pred, y):
+    if pred.shape != y.shape or pred.ndim != 2:
+        raise ValueError(f"pred has shape {pred.shape} and y has shape {y.shape}; expected both (N, K)")
+
+
+def mse_loss(pred, y):
+    """1/(2N) sum_{n,k} (pred - y)^2 for pred, y of shape (N, K): mean over examples, sum over outputs."""
+    _check_same_shape(pred, y)
+    return 0.5 * jnp.sum((pred - y) ** 2) / pred.shape[0]
+
+
+def softmax_cross_entropy(logits, y_onehot):
+    """1/N sum_n -log softmax(logits[n])[label_n] for logits, one-hot labels of shape (N, K)."""
+    _check_same_shape(logits, y_onehot)
+    return -jnp.sum(y_onehot * jax.nn.log_softmax(logits, axis=-1)) / logits.shape[0]
+
+
+def accuracy(pred, y):
+    """Fraction classified correctly: argmax for one-hot (N, K > 1), sign for +-1 labels (N, 1)."""
+    _check_same_shape(pred, y)
+    if y.shape[1] == 1:
+        return jnp.mean(jnp.sign(pred) == jnp.sign(y))
+    return jnp.mean(jnp.argmax(pred, axis=1) == jnp.argmax(y, axis=1))
+
+
+def full_batch_loss(apply_fn, x, y, loss=mse_loss):
+    """loss_fn(params) = loss(apply_fn(params, x), y), for ``train_gd`` and the curvature functions."""
+    return lambda params: loss(apply_fn(params, x), y)
+
+
+def batch_loss(apply_fn, loss=mse_loss):
+    """loss_fn(params, x, y) = loss(apply_fn(params, x), y), for ``train_sgd``."""
+    return lambda params, x, y: loss(apply_fn(params, x), y)
+
+
+def max_stable_lr(ntk_matrix, num_examples: int | None = None):
+    """GD stability threshold 2N / lambda_max(ntk_matrix) under ``mse_loss`` (see module docstring).
+
+    ntk_matrix: the (N, N) Gram matrix J J^T (or (NK, NK) for K outputs, then pass
+    num_examples=N); num_examples defaults to ntk_matrix.shape[0].
+    """
+    ntk_matrix = jnp.asarray(ntk_matrix)
+    if ntk_matrix.ndim != 2 or ntk_matrix.shape[0] != ntk_matrix.shape[1]:
+        raise ValueError(f"ntk_matrix has shape {ntk_matrix.shape}; expected a square (N, N) matrix")
+    n = ntk_matrix.shape[0] if num_examples is None else num_examples
+    return 2.0 * n / jnp.linalg.eigvalsh(ntk_matrix)[-1]
+
+
+# --------------------------------------------------------------------------------------- result
+
+
+@partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params", "losses", "steps", "step_losses", "final_loss", "diverged", "diverged_step", "records"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Outcome of a training run (a pytree: batched by ``jax.vmap`` like any output).
+
+    params: final parameters (frozen at the divergence step if the run diverged).
+    losses: (R,) full training loss at steps[r], R = num_steps // record_every.
+    steps: (R,) step index of each record: 0, record_every, 2 record_every, ... (before that step's update).
+    step_losses: (num_steps,) the loss each update was computed from (minibatch loss for SGD).
+    final_loss: () full training loss at the returned params (after num_steps updates).
+    diverged: () bool; diverged_step: () int32, the first bad step, or -1.
+    records: callback_fn(params) at steps[r], stacked along a leading axis R (None without callback);
+    after a divergence they are evaluated at the frozen params.
+    Entries of losses / step_losses / final_loss at or after the divergence step are inf.
+    """
+
+    params: Any
+    losses: jax.Array
+    steps: jax.Array
+    step_losses: jax.Array
+    final_loss: jax.Array
+    diverged: jax.Array
+    diverged_step: jax.Array
+    records: Any = None
+
+
+# ----------------------------------------------------------------------------------------- loop
+
+
+def _tree_where(cond, a, b):
+    return jax.tree.map(lambda u, v: jnp.where(cond, u, v), a, b)
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def _num_records(num_steps: int, record_every: int) -> int:
+    if record_every < 1 or num_steps < record_every or num_steps % record_every:
+        raise ValueError(
+            f"num_steps={num_steps} must be a positive multiple of record_every={record_every}"
+        )
+    return num_steps // record_every
+
+
+def _train_loop(step_value_and_grad, full_loss, optimizer, params0, num_steps, record_every, threshold, callback_fn):
+    """Shared scan. step_value_and_grad(params, t) -> (loss, grads); full_loss(params) -> loss."""
+    num_records = _num_records(num_steps, record_every)
+
+    def step(carry, t):
+        params, opt_state, diverged, diverged_step = carry
+        loss, grads = step_value_and_grad(params, t)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        bad = ~jnp.isfinite(loss) | (loss > threshold) | ~_all_finite(new_params)
+        diverged_step = jnp.where(bad & ~diverged, t, diverged_step)
+        diverged = diverged | bad
+        params = _tree_where(diverged, params, new_params)
+        opt_state = _tree_where(diverged, opt_state, new_opt_state)
+        return (params, opt_state, diverged, diverged_step), loss
+
+    def block(carry, t0):
+        params = carry[0]
+        record = None if callback_fn is None else callback_fn(params)
+        block_loss = None if full_loss is None else full_loss(params)
+        carry, step_losses = jax.lax.scan(step, carry, t0 + jnp.arange(record_every))
+        block_loss = step_losses[0] if block_loss is None else block_loss
+        return carry, (block_loss, record, step_losses)
+
+    carry0 = (params0, optimizer.init(params0), jnp.array(False), jnp.array(-1, jnp.int32))
+    steps = record_every * jnp.arange(num_records, dtype=jnp.int32)
+    (params, _, diverged, diverged_step), (losses, records, step_losses) = jax.lax.scan(block, carry0, steps)
+
+    def after_divergence(t):
+        return diverged & (t >= diverged_step)
+
+    step_losses = step_losses.reshape(num_steps)
+    if full_loss is None:  # full-batch training: the step loss is the training loss
+        full_loss = lambda p: step_value_and_grad(p, num_steps)[0]
+    final_loss = full_loss(params)
+    return TrainResult(
+        params=params,
+        losses=jnp.where(after_divergence(steps), jnp.inf, losses),
+        steps=steps,
+        step_losses=jnp.where(after_divergence(jnp.arange(num_steps)), jnp.inf, step_losses),
+        final_loss=jnp.where(diverged, jnp.inf, final_loss),
+        diverged=diverged,
+        diverged_step=diverged_step,
+        records=records,
+    )
+
+
+@partial(jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps", "record_every", "callback_fn"))
+def _train_full_batch(loss_fn, params0, lr, threshold, *, optimizer, num_steps, record_every, callback_fn):
+    optimizer = optax.sgd(lr) if optimizer is None else optimizer
+    value_and_grad = jax.value_and_grad(loss_fn)
+    return _train_loop(
+        lambda p, t: value_and_grad(p), None, optimizer, params0, num_steps, record_every, threshold, callback_fn
+    )
+
+
+def train_gd(
+    loss_fn: Callable, params0, lr, num_steps: int, record_every: int = 1,
+    divergence_threshold: float = 1e6, callback_fn: Callable | None = None,
+) -> TrainResult:
+    """Full-batch gradient descent theta <- theta - lr grad loss_fn(theta), as one jitted scan.
+
+    loss_fn: params -> scalar (e.g. ``full_batch_loss(apply_fn, x, y)``); lr may be a traced
+    array (vmap over learning rates compiles once), params0 may be batched under vmap.
+    callback_fn: params -> pytree of arrays, recorded with the losses. See ``TrainResult``.
+    """
+    return _train_full_batch(
+        loss_fn, params0, jnp.asarray(lr), jnp.asarray(divergence_threshold), optimizer=None,
+        num_steps=num_steps, record_every=record_every, callback_fn=callback_fn,
+    )
+
+
+def train_optax(
+    loss_fn: Callable, params0, optimizer: optax.GradientTransformation, num_steps: int, record_every: int = 1,
+    divergence_threshold: float = 1e6, callback_fn: Callable | None = None,
+) -> TrainResult:
+    """Full-batch training with any optax ``optimizer`` (static: build it once), as one jitted scan.
+
+    Same conventions as ``train_gd``; ``train_gd(loss_fn, p, lr, ...)`` equals
+    ``train_optax(loss_fn, p, optax.sgd(lr), ...)``. For minibatches use ``train_sgd(optimizer=...)``.
+    """
+    return _train_full_batch(
+        loss_fn, params0, None, jnp.asarray(divergence_threshold), optimizer=optimizer,
+        num_steps=num_steps, record_every=record_every, callback_fn=callback_fn,
+    )
+
+
+def sgd_batch_indices(key, num_examples: int, batch_size: int, step):
+    """Example indices (batch_size,) used at SGD ``step``: sampling without replacement per epoch.
+
+    Epoch e = step // (num_examples // batch_size) uses the permutation of
+    ``jax.random.fold_in(key, e)``, cut into consecutive batches; the last
+    num_examples mod batch_size examples of each permutation are not used in that epoch.
+    """
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and the number of examples {num_examples}")
+    per_epoch = num_examples // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), num_examples)
+    return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
+
+
+@partial(
+    jax.jit,
+    static_argnames=("loss_fn", "optimizer", "batch_size", "num_steps", "record_every", "callback_fn"),
+)
+def _train_minibatch(loss_fn, params0, x, y, lr, key, threshold, *, optimizer, batch_size, num_steps, record_every, callback_fn):
+    optimizer = optax.sgd(lr) if optimizer is None else optimizer
+    value_and_grad = jax.value_and_grad(loss_fn)
+
+    def step_value_and_grad(params, t):
+        idx = sgd_batch_indices(key, x.shape[0], batch_size, t)
+        return value_and_grad(params, x[idx], y[idx])
+
+    return _train_loop(
+        step_value_and_grad, lambda p: loss_fn(p, x, y), optimizer, params0, num_steps, record_every,
+        threshold, callback_fn,
+    )
+
+
+def train_sgd(
+    loss_fn: Callable, params0, x, y, batch_size: int, lr, num_steps: int, key, record_every: int = 1,
+    divergence_threshold: float = 1e6, callback_fn: Callable | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+) -> TrainResult:
+    """Minibatch SGD (batches from ``sgd_batch_indices``: without replacement within an epoch).
+
+    loss_fn: (params, x_batch, y_batch) -> scalar (e.g. ``batch_loss(apply_fn)``), evaluated
+    on the full (x, y) at record steps (``TrainResult.losses``) and on the minibatch at every
+    step (``TrainResult.step_losses``, also the divergence check). Deterministic given key.
+    optimizer: an optax transform used instead of plain SGD (then pass lr=None).
+    """
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has shape {x.shape} and y has shape {y.shape}; expected the same number of rows")
+    if (optimizer is None) == (lr is None):
+        raise ValueError(f"give exactly one of lr (plain SGD) and optimizer; got lr={lr!r}, optimizer={optimizer!r}")
+    return _train_minibatch(
+        loss_fn, params0, x, y, None if lr is None else jnp.asarray(lr), key, jnp.asarray(divergence_threshold),
+        optimizer=optimizer, batch_size=batch_size, num_steps=num_steps, record_every=record_every,
+        callback_fn=callback_fn,
+    )
