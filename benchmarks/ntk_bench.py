@@ -1,33 +1,28 @@
 """Empirical NTK of an MLP three ways: layer-wise (matrix products), Jacobian contraction, vjp/jvp.
 
 Network: ``MLP((d_in, width, width, 1), "relu", "ntk", sigma_b=0.1)``, float32, N inputs with
-x1 = x2 (an N x N Gram matrix). Times are the median over repeats after one compile run.
+x1 = x2 (an N x N Gram matrix). Times are the median over repeats after one compile run (the
+two slow methods use half the repeats); ratio is relative to layer-wise, rel diff is the max
+deviation from the layer-wise kernel relative to its largest entry.
 Run: ``python benchmarks/ntk_bench.py [--widths 256 1024] [--n 256] [--repeats 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common import median_time, print_table
 from overparam.models import MLP, as_function, param_count
 from overparam.ntk import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise
 
-
-def median_time(fn, repeats: int) -> float:
-    """Median wall time (s) of fn() over repeats, after one untimed call that compiles it."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+COLUMNS = [
+    ("method", "method", ""), ("width", "width", "d"), ("n", "N", "d"), ("params", "P", "d"),
+    ("seconds", "median s", ".4f"), ("ratio", "ratio", ".1f"), ("rel_diff", "rel diff", ".1e"),
+]
 
 
 def bench_width(width: int, n: int, d_in: int, repeats: int) -> list[dict]:
@@ -59,11 +54,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, N = {args.n}, d_in = {args.d_in}, depth 2 hidden layers")
-    print(f"{'method':<12} {'width':>6} {'N':>5} {'P':>9} {'median s':>10} {'ratio':>8} {'rel diff':>9}")
-    for width in args.widths:
-        for r in bench_width(width, args.n, args.d_in, args.repeats):
-            print(f"{r['method']:<12} {r['width']:>6} {r['n']:>5} {r['params']:>9} {r['seconds']:>10.4f} "
-                  f"{r['ratio']:>8.1f} {r['rel_diff']:>9.1e}")
+    print_table([r for width in args.widths for r in bench_width(width, args.n, args.d_in, args.repeats)], COLUMNS)
 
 
 if __name__ == "__main__":
