@@ -147,3 +147,17 @@ def test_batches_without_replacement_within_an_epoch():
     assert not np.array_equal(epoch, next_epoch)
     with pytest.raises(ValueError, match="batch_size=11"):
         sgd_batch_indices(key, 10, 11, 0)
+
+
+def test_train_gd_runs_in_float64():
+    # Derivation checks train in double precision; the step counter must not clash with int32 state.
+    import jax
+    import jax.numpy as jnp
+
+    from overparam.training import train_gd
+
+    with jax.enable_x64(True):
+        w0 = jnp.array([1.0, -2.0])
+        res = train_gd(lambda w: 0.5 * jnp.sum(w**2), w0, 0.5, 4)
+        assert res.params.dtype == jnp.float64
+        assert jnp.allclose(res.params, w0 * 0.5**4)

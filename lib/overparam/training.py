@@ -163,7 +163,7 @@ def _train_loop(step_value_and_grad, full_loss, optimizer, params0, num_steps, r
         params = carry[0]
         record = None if callback_fn is None else callback_fn(params)
         block_loss = None if full_loss is None else full_loss(params)
-        carry, step_losses = jax.lax.scan(step, carry, t0 + jnp.arange(record_every))
+        carry, step_losses = jax.lax.scan(step, carry, t0 + jnp.arange(record_every, dtype=jnp.int32))
         block_loss = step_losses[0] if block_loss is None else block_loss
         return carry, (block_loss, record, step_losses)
 
