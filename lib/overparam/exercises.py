@@ -7,7 +7,8 @@ Conventions in a chapter source (MyST markdown):
   solution's code cells assign the answers to variables named ``answer_*``.
 * Right after the solution, a code cell tagged ``[remove-cell, check]`` holds the checks:
   plain ``assert`` statements on the ``answer_*`` variables (value, shape or property). The
-  book executes them (hidden), so every build verifies the instructor's solutions.
+  book build leaves them out; the test suite (``verify_solutions_and_stubs``) runs them against
+  the instructor's solutions and against the untouched stubs.
 
 The student edition replaces each solution by a stub cell (metadata ``exercise: <label>``)
 that sets every ``answer_*`` to ``None``, and drops the check cells. Grading executes a

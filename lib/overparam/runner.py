@@ -251,7 +251,11 @@ def run_chapter(
     with tempfile.TemporaryDirectory(prefix=f"overparam-{cid}-") as tmp:
         tmp = Path(tmp)
         src_nb = tmp / f"{source.stem}.src.ipynb"
-        nbformat.write(read_notebook(source), src_nb)
+        nb = read_notebook(source)
+        # Exercise checks grade students (overparam.exercises); the test suite runs them against the
+        # instructor's solutions. They are not part of the rendered chapter, so the build skips them.
+        nb.cells = [c for c in nb.cells if "check" not in c.metadata.get("tags", [])]
+        nbformat.write(nb, src_nb)
         tmp_out, tmp_res = tmp / f"{source.stem}.ipynb", tmp / "results"
         cache_dir = root / "_build" / "jax_cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
