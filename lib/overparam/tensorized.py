@@ -1,0 +1,164 @@
+"""Tensor-train (TT) factorized dense layers and a TT-MLP, as pure functions over pytrees.
+
+A dense matrix W of shape (M, N) with M = m_1...m_d and N = n_1...n_d is stored as d cores
+G_k of shape (r_{k-1}, m_k, n_k, r_k), r_0 = r_d = 1 (Oseledets 2011; Novikov et al. 2015):
+
+    W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] G_2[:, i_2, j_2, :] ... G_d[:, i_d, j_d, :],
+
+row index (i_1..i_d) and column index (j_1..j_d) both row-major (i_1 most significant), so
+``x @ tt_full_matrix(cores)`` is the layer on inputs x (B, M). The forward pass never forms W:
+``tt_matvec`` contracts x with one core at a time (``tt_macs`` counts its multiply-adds).
+A single core (d = 1, no ranks) is an ordinary dense matrix, which is how the dense baseline
+is built: one code path for both. Layers use the *standard* parameterization (entries of the
+full W have variance 1/M at initialization, He-style gain for ReLU), biases start at zero;
+the classification loss is the mean softmax cross-entropy over examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from overparam.training import softmax_cross_entropy
+
+
+def _check_modes(in_modes, out_modes, ranks):
+    in_modes, out_modes, ranks = tuple(int(m) for m in in_modes), tuple(int(n) for n in out_modes), tuple(int(r) for r in ranks)
+    if len(in_modes) != len(out_modes) or len(in_modes) < 1:
+        raise ValueError(f"in_modes={in_modes} and out_modes={out_modes} must be non-empty and of equal length")
+    if len(ranks) != len(in_modes) - 1:
+        raise ValueError(f"ranks={ranks}: expected {len(in_modes) - 1} internal ranks for {len(in_modes)} modes")
+    if min(in_modes + out_modes + ranks, default=1) < 1:
+        raise ValueError(f"modes and ranks must be >= 1, got in_modes={in_modes}, out_modes={out_modes}, ranks={ranks}")
+    return in_modes, out_modes, ranks
+
+
+def tt_core_shapes(in_modes, out_modes, ranks):
+    """Shapes (r_{k-1}, m_k, n_k, r_k) of the d cores, with boundary ranks r_0 = r_d = 1."""
+    in_modes, out_modes, ranks = _check_modes(in_modes, out_modes, ranks)
+    full = (1,) + ranks + (1,)
+    return [(full[k], in_modes[k], out_modes[k], full[k + 1]) for k in range(len(in_modes))]
+
+
+def tt_param_count(in_modes, out_modes, ranks) -> int:
+    """Number of weights sum_k r_{k-1} m_k n_k r_k (no bias); the dense layer has M N."""
+    return sum(math.prod(s) for s in tt_core_shapes(in_modes, out_modes, ranks))
+
+
+def tt_macs(in_modes, out_modes, ranks) -> int:
+    """Multiply-adds of ``tt_matvec`` per example: sum_k (n_1..n_{k-1}) r_{k-1} m_k n_k r_k (m_{k+1}..m_d).
+
+    Step k contracts the running tensor (n_1..n_{k-1}, m_k..m_d, r_{k-1}) with core k over
+    (m_k, r_{k-1}). For d = 1 this is M N, the dense matvec.
+    """
+    shapes = tt_core_shapes(in_modes, out_modes, ranks)
+    total = 0
+    for k, (r0, m, n, r1) in enumerate(shapes):
+        total += math.prod(out_modes[:k]) * r0 * m * n * r1 * math.prod(in_modes[k + 1 :])
+    return int(total)
+
+
+def tt_init(key, in_modes, out_modes, ranks, gain: float = 2.0):
+    """Random cores, i.i.d. Gaussian, such that each entry of the full W has variance gain / M.
+
+    An entry of W is a sum over prod_k r_k rank paths of products of d core entries, so
+    Var W = (prod_k r_k) prod_k v_k; every core gets v = (gain / (M prod_k r_k))^(1/d).
+    """
+    shapes = tt_core_shapes(in_modes, out_modes, ranks)
+    d, big_m = len(shapes), math.prod(in_modes)
+    std = (gain / (big_m * math.prod(ranks))) ** (0.5 / d)
+    keys = jax.random.split(key, d)
+    return [std * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+
+
+def tt_full_matrix(cores):
+    """Contract the cores into the dense matrix W (M, N), row-major in (i_1..i_d) and (j_1..j_d)."""
+    w = cores[0][0]  # (m_1, n_1, r_1)
+    for core in cores[1:]:
+        p, q, _ = w.shape
+        _, m, n, s = core.shape
+        w = jnp.einsum("pqr,rmns->pmqns", w, core).reshape(p * m, q * n, s)
+    return w[..., 0]
+
+
+def tt_matvec(cores, x):
+    """x (B, M) -> x @ W (B, N) by d small contractions, never forming W (see ``tt_macs``)."""
+    in_modes = [c.shape[1] for c in cores]
+    if x.ndim != 2 or x.shape[1] != math.prod(in_modes):
+        raise ValueError(f"x has shape {x.shape}; expected (B, {math.prod(in_modes)}) for in_modes {in_modes}")
+    b = x.shape[0]
+    t = x.reshape(b, 1, x.shape[1], 1)  # (B, outputs done, inputs left, rank)
+    for core in cores:
+        r0, m, n, r1 = core.shape
+        done, left = t.shape[1], t.shape[2]
+        t = t.reshape(b, done, m, left // m, r0)
+        t = jnp.einsum("bpmar,rmns->bpnas", t, core).reshape(b, done * n, left // m, r1)
+    return t[:, :, 0, 0]
+
+
+def tt_mlp_init(key, layer_modes, ranks):
+    """TT-MLP: TT layers, ReLU between them, none after the last. Params for ``tt_mlp_apply``.
+
+    layer_modes: list of mode tuples, e.g. [(4,4,4), (4,8,8), (1,1,10)] for 64 -> 256 -> 10
+    (a mode of size 1 is allowed); ranks: one internal rank r for every bond (int) or one
+    tuple per layer. Modes of length 1 (ranks ()) give ordinary dense layers: the dense
+    baseline is [(64,), (256,), (10,)]. The last layer uses gain 1 (logits), the others 2 (ReLU).
+    """
+    if len(layer_modes) < 2:
+        raise ValueError(f"layer_modes={layer_modes}: need at least input and hidden modes")
+    n_layers = len(layer_modes) - 1
+    if isinstance(ranks, int):
+        ranks = [(ranks,) * (len(layer_modes[l]) - 1) for l in range(n_layers)]
+    if len(ranks) != n_layers:
+        raise ValueError(f"ranks={ranks}: expected an int or {n_layers} tuples")
+    keys = jax.random.split(key, n_layers)
+    return [
+        {"cores": tt_init(keys[l], layer_modes[l], layer_modes[l + 1], ranks[l], gain=1.0 if l == n_layers - 1 else 2.0),
+         "b": jnp.zeros(math.prod(layer_modes[l + 1]))}
+        for l in range(n_layers)
+    ]
+
+
+def tt_mlp_apply(params, x):
+    """Logits (B, C) of the TT-MLP on x (B, M): h <- relu(tt_matvec(cores, h) + b), no ReLU at the end."""
+    h = x
+    for l, layer in enumerate(params):
+        h = tt_matvec(layer["cores"], h) + layer["b"]
+        if l < len(params) - 1:
+            h = jax.nn.relu(h)
+    return h
+
+
+def tt_mlp_counts(params) -> tuple[int, int]:
+    """(number of parameters incl. biases, multiply-adds per example) of a TT-MLP."""
+    n_params = sum(int(a.size) for a in jax.tree.leaves(params))
+    macs = 0
+    for layer in params:
+        shapes = [c.shape for c in layer["cores"]]
+        macs += tt_macs([s[1] for s in shapes], [s[2] for s in shapes], [s[3] for s in shapes[:-1]])
+    return n_params, macs
+
+
+def train_tt_mlp(params, x, y, lr: float, num_steps: int):
+    """Full-batch Adam on the mean softmax cross-entropy, one jitted lax.scan -> (params, losses (num_steps,)).
+
+    x (N, M), y one-hot (N, C). Unregularized: this is the chapter's point estimate. x and y are
+    jit arguments, not closed-over constants (XLA constant-folds those very slowly on CPU).
+    """
+    opt = optax.adam(lr)
+    loss_grad = jax.value_and_grad(lambda p, x, y: softmax_cross_entropy(tt_mlp_apply(p, x), y))
+
+    @jax.jit
+    def run(p0, x, y):
+        def step(carry, _):
+            p, state = carry
+            loss, g = loss_grad(p, x, y)
+            updates, state = opt.update(g, state, p)
+            return (optax.apply_updates(p, updates), state), loss
+        (p, _), losses = jax.lax.scan(step, (p0, opt.init(p0)), None, length=num_steps)
+        return p, losses
+
+    return run(params, x, y)

@@ -1,0 +1,51 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam import bayes_lowrank as bl
+from overparam import tensorized as tt
+
+
+def test_ece_and_bins():
+    probs = jnp.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    labels = jnp.array([0, 1, 0, 0])
+    conf, acc, count = bl.reliability_bins(probs, labels, 10)
+    assert float(count.sum()) == 4 and float(count[9]) == 2 and float(count[6]) == 2
+    # bin 0.9: acc 0.5; bin 0.6: acc 1.0 -> ECE = 0.5*0.4 + 0.5*0.4
+    assert abs(float(bl.expected_calibration_error(probs, labels)) - 0.4) < 1e-6
+    with pytest.raises(ValueError):
+        bl.reliability_bins(probs, labels[:3])
+
+
+def test_entropy_and_kl():
+    assert jnp.allclose(bl.predictive_entropy(jnp.array([[0.5, 0.5], [1.0, 0.0]])), jnp.array([np.log(2), 0.0]))
+    mu, ls, ps = jnp.array([0.3]), jnp.log(jnp.array([0.5])), jnp.array([2.0])
+    # Monte Carlo check of the closed-form Gaussian KL
+    z = mu + jnp.exp(ls) * jax.random.normal(jax.random.key(0), (200_000,))
+    logq = -0.5 * ((z - mu) / jnp.exp(ls)) ** 2 - ls
+    logp = -0.5 * (z / ps) ** 2 - jnp.log(ps)
+    assert abs(float(bl.gaussian_kl(mu, ls, ps)) - float(jnp.mean(logq - logp))) < 0.01
+
+
+def test_prior_scales_switch_off_rank_slices_and_elbo_trains():
+    p = tt.tt_mlp_init(jax.random.key(0), [(2, 2), (2, 4), (1, 3)], 3)
+    q, base = bl.init_variational(p)
+    q["log_tau"][0][0] = jnp.array([0.0, -30.0, 0.0])
+    sd = bl.prior_std(q, base)
+    assert float(sd[0]["cores"][0][..., 1].max()) < 1e-10 and float(sd[0]["cores"][1][1].max()) < 1e-10
+    assert bl.effective_ranks(q) == [[2], [3]]
+    x = jax.random.normal(jax.random.key(1), (40, 4))
+    y = jax.nn.one_hot(jnp.argmax(x[:, :3], 1), 3)
+    q0, base = bl.init_variational(p)
+    q1, losses = bl.fit_variational(jax.random.key(2), q0, base, x, y, 1e-2, 200)
+    assert float(losses[-20:].mean()) < float(losses[:20].mean())
+    probs = bl.predictive_probs(jax.random.key(3), q1, x, 8)
+    assert probs.shape == (40, 3) and jnp.allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_rotate_images():
+    x = jnp.arange(128.0).reshape(2, 64)
+    r = bl.rotate_images(x)
+    assert jnp.allclose(bl.rotate_images(bl.rotate_images(bl.rotate_images(r))), x)
+    assert not jnp.allclose(r, x)
