@@ -91,7 +91,7 @@ def _assert_local(requests):
 @pytest.mark.parametrize("stem", [p.stem for p in discover_chapters(REPO).values()])
 def test_chapter_page_typesets_math_and_loads_figures(browser, server, stem):
     page, requests = _open(browser, f"{server}/chapters/{stem}.html")
-    page.wait_for_selector("mjx-container", timeout=20000)
+    page.wait_for_selector("mjx-container", state="attached", timeout=20000)
     assert page.locator("mjx-container").count() > 3, "math was not typeset"
     assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
     images = page.locator("img").evaluate_all("els => els.map(e => [e.src, e.complete && e.naturalWidth > 0])")
