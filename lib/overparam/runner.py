@@ -53,6 +53,7 @@ class ChapterRun:
     failed_cell: int | None = None
     claims_failed: int = 0
     claims_total: int = 0
+    claims_known_failures: int = 0
 
 
 # ---------------------------------------------------------------- discovery
@@ -199,11 +200,14 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _claim_counts(results_file: Path) -> tuple[int, int]:
+def _claim_counts(results_file: Path) -> tuple[int, int, int]:
+    """(blocking failures, known failures, total) of a results file."""
     if not results_file.exists():
-        return 0, 0
+        return 0, 0, 0
     claims = json.loads(results_file.read_text()).get("claims", [])
-    return sum(c["status"] == FAIL and not c.get("known_failure") for c in claims), len(claims)
+    failed = [c for c in claims if c["status"] == FAIL]
+    known = sum(bool(c.get("known_failure")) for c in failed)
+    return len(failed) - known, known, len(claims)
 
 
 def run_chapter(
@@ -236,10 +240,10 @@ def run_chapter(
 
     if not force and key_file.exists() and key_file.read_text() == key and final_nb.exists() \
             and (res_dir / f"{cid}.json").exists():
-        failed, total = _claim_counts(res_dir / f"{cid}.json")
+        failed, known, total = _claim_counts(res_dir / f"{cid}.json")
         prev = json.loads(status_file.read_text()) if status_file.exists() else {}
         run = ChapterRun(cid, source.stem, scale, "cached", prev.get("wall_time_s", 0.0), str(final_nb),
-                         claims_failed=failed, claims_total=total)
+                         claims_failed=failed, claims_total=total, claims_known_failures=known)
         _write_json(status_file, {**asdict(run), "wall_time_s": prev.get("wall_time_s", 0.0)})
         return run
 
@@ -293,9 +297,9 @@ def run_chapter(
                 shutil.copyfile(tmp_out, failed_nb)
                 notebook = str(failed_nb)
     wall = round(time.perf_counter() - t0, 2)
-    failed, total = _claim_counts(res_dir / f"{cid}.json") if error is None else (0, 0)
+    failed, known, total = _claim_counts(res_dir / f"{cid}.json") if error is None else (0, 0, 0)
     run = ChapterRun(cid, source.stem, scale, "failed" if error else "ok", wall, notebook, error, failed_cell,
-                     failed, total)
+                     failed, total, known)
     _write_json(status_file, asdict(run))
     return run
 
@@ -329,7 +333,9 @@ def run_chapters(
             where = f" at cell {run.failed_cell}" if run.failed_cell is not None else ""
             log(f"[{i}/{len(sources)}] {s.stem} FAILED{where} after {run.wall_time_s:.1f} s: {run.error}", flush=True)
         else:
-            claims = (f"{run.claims_total - run.claims_failed}/{run.claims_total} claims hold" if scale != "smoke"
+            held = run.claims_total - run.claims_failed - run.claims_known_failures
+            claims = (f"{held}/{run.claims_total} claims hold, {run.claims_failed} fail, "
+                      f"{run.claims_known_failures} known failures" if scale != "smoke"
                       else f"{run.claims_total} claims recorded, not enforced at smoke")
             log(f"[{i}/{len(sources)}] {s.stem} {run.status} in {run.wall_time_s:.1f} s ({claims}); "
                 f"total elapsed {elapsed:.0f} s", flush=True)
