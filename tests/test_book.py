@@ -26,7 +26,8 @@ def built_book(tmp_path_factory):
         pytest.fail("MathJax is not vendored: run `make vendor` (make test does it)")
     out = tmp_path_factory.mktemp("book")
     lines = []
-    rc = build_book("smoke", root=REPO, path_output=out, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    rc = build_book("smoke", root=REPO, path_output=out, pdf="auto",
+                    log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     html = out / "_build" / "html"
     assert rc == 0, "smoke build failed:\n" + "\n".join(lines)
     return html
@@ -113,3 +114,34 @@ def test_scorecard_lists_claims_offline(browser, server):
         assert path.stem in text
     _assert_local(requests)
     page.close()
+
+
+def _chapter_title(path: Path) -> str:
+    return next(line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# "))
+
+
+@pytest.mark.slow
+def test_pdf_of_the_whole_book(built_book):
+    """The smoke build renders the PDF when TeX is installed (CI installs it): every chapter, with figures."""
+    from pypdf import PdfReader
+
+    from overparam.pdf import PDF_NAME, missing_tex_tools
+
+    if missing_tex_tools():
+        if os.environ.get("CI"):
+            pytest.fail(f"TeX is required in CI (.ci/run installs it); missing {missing_tex_tools()}")
+        pytest.skip(f"TeX is not installed ({missing_tex_tools()}): no PDF")
+    pdf = built_book.parent / "latex" / PDF_NAME
+    assert pdf.exists(), "the build did not write the PDF"
+    downloads = list(built_book.glob(f"_downloads/*/{PDF_NAME}"))
+    assert downloads, "the HTML book does not offer the PDF for download"
+    assert PDF_NAME in (built_book / "book" / "intro.html").read_text(), "the introduction does not link the PDF"
+    reader = PdfReader(pdf)
+    assert len(reader.pages) > 50
+    text = " ".join(" ".join((page.extract_text() or "").split()) for page in reader.pages)
+    for path in discover_chapters(REPO).values():
+        title = " ".join(_chapter_title(path).split())
+        assert title.split(":")[0] in text, f"chapter {path.stem} ({title!r}) is missing from the PDF"
+    assert "Scorecard" in text and "Provenance" in text
+    images = sum(len(page.images) for page in reader.pages)
+    assert images >= len(discover_chapters(REPO)), f"only {images} images in the PDF: figures are missing"

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("chapters", nargs="+", help="chapter ids (01) or file stems")
     build = sub.add_parser("build", help="execute all chapters and render the HTML book")
     build.add_argument("--only", nargs="*", default=None, help="restrict to these chapters")
+    build.add_argument("--pdf", choices=("auto", "yes", "no"), default="auto",
+                       help="also render the PDF: auto = when TeX is installed (default), yes = required, no")
     for p in (run, build):
         p.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default ci)")
         p.add_argument("--force", action="store_true", help="execute even when the cache key is unchanged")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if any(r.status == "failed" or r.claims_failed for r in runs) else 0
         from .book import build_book
 
-        return build_book(args.scale, args.only, force=args.force)
+        return build_book(args.scale, args.only, force=args.force, pdf=args.pdf)
     except ValueError as exc:  # bad input: say what was wrong, do nothing else
         print(f"error: {exc}", file=sys.stderr)
         return 2

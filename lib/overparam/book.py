@@ -1,9 +1,10 @@
-"""Build the HTML book from executed chapters.
+"""Build the HTML book (and its PDF) from executed chapters.
 
 Steps: run every chapter (``runner.run_chapters``; unchanged ones come from the
 cache), write the scorecard and provenance pages from the results files, stage
 a source tree holding the executed notebooks instead of the ``.md`` sources,
-and render it with Jupyter Book 1.x (which must not execute anything again).
+render the PDF from it when TeX is available (``overparam.pdf``), and render it
+with Jupyter Book 1.x (which must not execute anything again).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 from .claims import FAIL, PASS, RECORDED
 from .downloads import add_downloads
+from .pdf import PDF_NAME, build_pdf, missing_tex_tools, pdf_link_markdown
 from .provenance import git_commit, repo_root
 from .runner import ChapterRun, discover_chapters, run_chapters, run_dir
 
-STATUS_MARK = {PASS: "✅ pass", FAIL: "❌ **FAIL**", RECORDED: "⏺ recorded"}
+STATUS_MARK = {PASS: "✅ pass", FAIL: "❌ **FAIL**", RECORDED: "○ recorded"}
 
 
 def _load(folder: Path) -> dict[str, dict]:
@@ -155,14 +157,50 @@ def render_html(stage: Path, path_output: Path, builder: str = "html") -> int:
     return subprocess.run(cmd).returncode
 
 
+PDF_CHOICES = ("auto", "yes", "no")
+
+
+def render_pdf_page(stage: Path, path_output: Path, scale: str, pdf: str, log=print) -> bool:
+    """Render the PDF (``pdf``: auto = when TeX is installed, yes = required, no = skip) and write
+    ``<stage>/book/generated/pdf_link.md`` (the introduction includes it). Returns False when a
+    required or attempted PDF failed; the HTML build goes on either way.
+    """
+    generated = stage / "book" / "generated"
+    generated.mkdir(parents=True, exist_ok=True)
+    link = generated / "pdf_link.md"
+    if pdf == "no" or (pdf == "auto" and missing_tex_tools()):
+        reason = "not requested" if pdf == "no" else "TeX is not installed here; `make pdf` says what to install"
+        if pdf == "auto":
+            log(f"PDF skipped: TeX not found ({', '.join(missing_tex_tools())}); see `make pdf`", flush=True)
+        link.write_text(pdf_link_markdown(None, scale, reason))
+        return True
+    link.write_text(pdf_link_markdown(None, scale))
+    log("rendering the PDF with LaTeX ...", flush=True)
+    try:
+        built = build_pdf(stage, path_output)
+    except RuntimeError as exc:
+        log(f"  PDF FAILED: {exc}", flush=True)
+        link.write_text(pdf_link_markdown(None, scale, "its LaTeX build failed"))
+        return False
+    # next to book/intro.md, which includes pdf_link.md: MyST resolves the link from the includer
+    copy = Path(shutil.copyfile(built, stage / "book" / PDF_NAME))
+    link.write_text(pdf_link_markdown(copy, scale))
+    log(f"PDF: {built}", flush=True)
+    return True
+
+
 def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Path | None = None,
-               path_output: Path | None = None, force: bool = False, log=print) -> int:
-    """Run chapters, write scorecard/provenance, render HTML. Returns the exit code (0 = all good).
+               path_output: Path | None = None, force: bool = False, pdf: str = "auto", log=print) -> int:
+    """Run chapters, write scorecard/provenance, render the PDF and HTML. Returns the exit code (0 = all good).
 
     Non-zero when a chapter failed to execute, a claim failed at a scale where it
-    must hold, or Sphinx reported a warning; everything that did work is kept.
-    The HTML lands in ``<path_output>/_build/html`` (``path_output`` defaults to the root).
+    must hold, Sphinx reported a warning, or a PDF that was attempted failed; everything
+    that did work is kept. The HTML lands in ``<path_output>/_build/html`` (``path_output``
+    defaults to the root), the PDF in ``<path_output>/_build/latex`` and in the HTML downloads.
+    ``pdf``: "auto" (when TeX is installed), "yes" (required), "no".
     """
+    if pdf not in PDF_CHOICES:
+        raise ValueError(f"pdf must be one of {PDF_CHOICES}, got {pdf!r}")
     root = Path(root or repo_root())
     path_output = Path(path_output or root)
     vendor = root / "book" / "_vendor" / "mathjax" / "tex-chtml.js"
@@ -173,6 +211,7 @@ def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Pa
     folder = run_dir(scale, root)
     stage = stage_sources(folder, root, path_output / "_build" / f"stage-{scale}")
     write_generated_pages(folder, root, stage)
+    pdf_ok = render_pdf_page(stage, path_output, scale, pdf, log=log)
     log("rendering HTML with Jupyter Book ...", flush=True)
     html_rc = render_html(stage, path_output)
     failed = [r for r in runs if r.status == "failed"]
@@ -187,4 +226,6 @@ def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Pa
         log(f"  CLAIMS FAILED in {r.name}: {r.claims_failed} of {r.claims_total} (see the scorecard)", flush=True)
     if html_rc != 0:
         log(f"  Jupyter Book exited with {html_rc}", flush=True)
-    return 1 if (failed or claim_fail or html_rc) else 0
+    if not pdf_ok:
+        log("  the PDF failed (see above); the HTML book was still built", flush=True)
+    return 1 if (failed or claim_fail or html_rc or not pdf_ok) else 0

@@ -46,6 +46,16 @@ class Claim:
     details: dict[str, Any] = field(default_factory=dict)
     known_failure: str = ""
 
+    def __repr__(self) -> str:
+        """One line, as a notebook shows the claim a cell ends with."""
+        verdict = {PASS: "pass", FAIL: "FAIL", RECORDED: "recorded"}[self.status]
+        if self.status == RECORDED:
+            verdict += f" (within; enforced from {self.holds_from})" if self.within else \
+                f" (outside; enforced from {self.holds_from})"
+        if self.known_failure and not self.within:
+            verdict += " (known failure, explained in the text)"
+        return f"claim {self.id}: measured {self.measured:.4g}, predicted {self.prediction_text} -> {verdict}"
+
     @property
     def blocking(self) -> bool:
         """A failure that nobody has investigated and explained: it fails the book build."""
@@ -151,7 +161,7 @@ class ClaimRecorder:
     def table_markdown(self) -> str:
         """The claims as a Markdown table (measured, predicted, status)."""
         rows = ["| claim | statement | measured | predicted | status |", "|---|---|---|---|---|"]
-        mark = {PASS: "✅ pass", FAIL: "❌ FAIL", RECORDED: "⏺ recorded"}
+        mark = {PASS: "✅ pass", FAIL: "❌ FAIL", RECORDED: "○ recorded"}
         for c in self.claims:
             within = "" if c.status != RECORDED else (" (within)" if c.within else " (outside)")
             if c.known_failure and not c.within:
