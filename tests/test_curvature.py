@@ -18,10 +18,7 @@ from overparam.curvature import (
 )
 from overparam.models import MLP, as_function, flatten_params, two_layer
 
-
-def normal(shape, seed=0):
-    """Test data from numpy: no JAX PRNG kernel to compile for each shape."""
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
+from _support import normal
 
 
 @pytest.fixture(autouse=True)

@@ -10,19 +10,11 @@ from overparam.exercises import (build_student_edition, grade_notebook, parse_ex
                                  verify_solutions_and_stubs)
 from overparam.runner import discover_chapters
 
+from _support import MYST_HEADER
+
 CHAPTERS = discover_chapters()
 
-TOY = '''---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
+TOY = MYST_HEADER + '''
 # Toy
 
 ```{code-cell} ipython3

@@ -16,12 +16,9 @@ from overparam.models import (
     two_layer,
 )
 
+from _support import normal
+
 WIDTHS = (3, 7, 5, 2)
-
-
-def normal(shape, seed=0):
-    """Test data from numpy: no JAX PRNG kernel to compile for each shape."""
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
 
 
 def reference_forward(layers, x, parameterization, sigma_w, sigma_b, activation):

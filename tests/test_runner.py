@@ -9,19 +9,11 @@ import pytest
 from overparam import runner
 from overparam.__main__ import main as cli_main
 
+from _support import MYST_HEADER
+
 REPO = Path(__file__).resolve().parents[1]
 
-CHAPTER = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
+CHAPTER = MYST_HEADER + """
 # A tiny chapter
 
 ```{{code-cell}} ipython3

@@ -9,10 +9,7 @@ from flax import nnx
 from overparam.models import MLP, as_function, flatten_params, two_layer
 from overparam.taylor import linearize, quadratize
 
-
-def normal(shape, seed=0):
-    """Test data from numpy: no JAX PRNG kernel to compile for each shape."""
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
+from _support import normal
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ Gradient flow (time t = lr * steps) replaces (I - lr Theta/N)^k by exp(-t Theta 
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+from .kernel_regression import gradient_flow_prediction
 
 
 def _check(ntk_train, ntk_test_train, f0_train, f0_test, y):
@@ -33,16 +33,9 @@ def linear_model_prediction(ntk_train, ntk_test_train, f0_train, f0_test, y, lr,
     _check(ntk_train, ntk_test_train, f0_train, f0_test, y)
     if (num_steps is None) == (time is None):
         raise ValueError("give exactly one of num_steps (gradient descent) or time (gradient flow)")
-    n = ntk_train.shape[0]
-    evals, evecs = jnp.linalg.eigh(ntk_train)
-    if num_steps is not None:
-        decay = (1.0 - lr * evals / n) ** num_steps
-    else:
-        decay = jnp.exp(-lr * time * evals / n)
-    resid0 = evecs.T @ (y - f0_train)
-    moved = evecs @ ((1.0 - decay) * resid0)
-    f_train = f0_train + moved
-    # Theta(x*, X) Theta^{-1} applied to the moved residual, in the eigenbasis (null directions do not move)
-    safe = jnp.where(evals > evals.max() * 1e-12, evals, jnp.inf)
-    f_test = f0_test + ntk_test_train @ (evecs @ ((1.0 - decay) * resid0 / safe))
-    return f_train, f_test
+    # The same spectral formula as kernel regression's gradient-flow prediction (one implementation);
+    # eigen-directions below 1e-12 of the top eigenvalue do not move.
+    pred = gradient_flow_prediction(ntk_train, ntk_test_train, y, f0_train, f0_test,
+                                    t=None if time is None else lr * time,
+                                    lr=lr if num_steps is not None else None, num_steps=num_steps, rcond=1e-12)
+    return pred.mean_train, pred.mean
