@@ -6,9 +6,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCALE  ?= ci
+PDF    ?= auto
 MATHJAX := book/_vendor/mathjax/tex-chtml.js
 
-.PHONY: install vendor book test test-fast chapter student grade bench clean
+.PHONY: install vendor book pdf test test-fast chapter student grade bench bench-peers clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,11 @@ $(MATHJAX): node_modules/mathjax/es5/tex-chtml.js
 install: $(STAMP)            ## virtualenv with the pinned packages
 vendor: $(MATHJAX)           ## MathJax 3 for offline math
 
-book: install vendor         ## execute every chapter at SCALE (default ci) and render _build/html
-	$(PY) -m overparam build --scale $(SCALE)
+book: install vendor         ## execute every chapter at SCALE (default ci), render _build/html (+ the PDF if TeX is installed)
+	$(PY) -m overparam build --scale $(SCALE) --pdf $(PDF)
+
+pdf: install vendor          ## the book and its PDF (_build/latex/overparameterized.pdf); needs TeX (see README)
+	$(PY) -m overparam build --scale $(SCALE) --pdf yes
 
 test: install vendor         ## the whole test suite (chapters at smoke scale, the book in a browser)
 	$(PY) -m pytest
@@ -50,3 +54,13 @@ student: install             ## student edition into student/ (STUDENT_SCALE=smo
 
 grade: install               ## grade a folder of submissions: make grade SUBMISSIONS=path/to/folder
 	$(PY) -m overparam grade $(SUBMISSIONS) --json grades.json
+
+bench: install               ## benchmark tables: empirical NTK, Hessian eigenvalues, training throughput, chapter times
+	$(PY) benchmarks/ntk_bench.py
+	$(PY) benchmarks/hessian_bench.py
+	$(PY) benchmarks/training_bench.py
+	@if [ -d _build/runs/$(SCALE)/status ]; then $(PY) benchmarks/chapters_bench.py --scale $(SCALE); \
+	else echo "no build at scale $(SCALE) in _build/runs: run make book for the per-chapter table"; fi
+
+bench-peers: install         ## side-by-side with neural-tangents in its own throw-away venv (_build/peers-venv)
+	$(PY) benchmarks/peers_bench.py

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from overparam.book import build_book
+from overparam.book import build_book, chapter_title
 from overparam.runner import discover_chapters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,13 +111,9 @@ def test_scorecard_lists_claims_offline(browser, server):
     text = page.inner_text("main")
     assert "Scorecard" in text and "recorded" in text
     for path in discover_chapters(REPO).values():
-        assert path.stem in text
+        assert chapter_title(path) in text
     _assert_local(requests)
     page.close()
-
-
-def _chapter_title(path: Path) -> str:
-    return next(line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# "))
 
 
 @pytest.mark.slow
@@ -140,8 +136,28 @@ def test_pdf_of_the_whole_book(built_book):
     assert len(reader.pages) > 50
     text = " ".join(" ".join((page.extract_text() or "").split()) for page in reader.pages)
     for path in discover_chapters(REPO).values():
-        title = " ".join(_chapter_title(path).split())
+        title = " ".join(chapter_title(path).split())
         assert title.split(":")[0] in text, f"chapter {path.stem} ({title!r}) is missing from the PDF"
     assert "Scorecard" in text and "Provenance" in text
     images = sum(len(page.images) for page in reader.pages)
     assert images >= len(discover_chapters(REPO)), f"only {images} images in the PDF: figures are missing"
+
+
+def test_scorecard_escapes_table_cells_and_titles_chapters(tmp_path):
+    import json
+    import re
+
+    from overparam.book import scorecard_markdown
+
+    source = tmp_path / "01_toy.md"
+    source.write_text("---\njupytext: {}\n---\n\n# A toy chapter\n")
+    claim = dict(id="abs-gap", statement="max |a - b| over runs", measured=0.5, predicted=None, tolerance=None,
+                 interval=[None, 1.0], holds_from="ci", scale="ci", status="pass", within=True, note="",
+                 details={}, known_failure="")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "01.json").write_text(json.dumps(
+        dict(chapter="01", scale="ci", seed=0, wall_time_s=1.0, claims=[claim])))
+    page = scorecard_markdown(tmp_path, {"01": source})
+    assert "## Chapter 01: [A toy chapter]" in page
+    row = next(line for line in page.splitlines() if line.startswith("| abs-gap"))
+    assert len(re.findall(r"(?<!\\)\|", row)) == 7, row  # six columns: seven unescaped bars

@@ -35,6 +35,19 @@ def _fmt_prediction(c: dict) -> str:
     return f"{c['predicted']:.4g} ± {c['tolerance']:.3g}"
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (a bare | would start a new column)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def chapter_title(source: Path) -> str:
+    """The chapter's first top-level heading (its title), or the file stem when it has none."""
+    for line in source.read_text().splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return source.stem
+
+
 def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
     """The scorecard page: every claim of every chapter, measured vs predicted, pass/fail."""
     results, status = _load(runs_folder / "results"), _load(runs_folder / "status")
@@ -49,7 +62,7 @@ def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
     body = []
     for cid, source in chapters.items():
         res, st = results.get(cid), status.get(cid, {})
-        title = f"## Chapter {cid}: [{source.stem}](../../chapters/{source.stem}.ipynb)"
+        title = f"## Chapter {cid}: [{chapter_title(source)}](../../chapters/{source.stem}.ipynb)"
         body += [title, ""]
         if st.get("status") == "failed":
             cell = st.get("failed_cell")
@@ -71,8 +84,9 @@ def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
             mark = STATUS_MARK[c["status"]]
             if c.get("known_failure") and c["status"] == FAIL:
                 mark += f" (known failure: {c['known_failure']})"
-            body.append(f"| `{c['id']}` | {c['statement']} | {c['measured']:.4g} | {_fmt_prediction(c)} | "
-                        f"`{c['holds_from']}` | {mark} |")
+            # ids as plain text: LaTeX breaks them at hyphens in the PDF's narrow first column
+            body.append(f"| {_cell(c['id'])} | {_cell(c['statement'])} | {c['measured']:.4g} | {_fmt_prediction(c)} | "
+                        f"{c['holds_from']} | {_cell(mark)} |")
         body.append("")
     lines += [f"**{n_pass} pass, {n_fail} fail ({n_known} of them known and explained in their chapter), "
               f"{n_rec} recorded only** across {len(chapters)} chapters.", ""]
