@@ -38,3 +38,13 @@ def test_mlp_counts_and_bad_input():
         tt.tt_core_shapes((2, 2), (2, 2), (1, 1))
     with pytest.raises(ValueError, match="x has shape"):
         tt.tt_matvec(p[0]["cores"], jnp.ones((3, 63)))
+
+
+def test_train_tt_mlp_fits_and_checks_steps():
+    p = tt.tt_mlp_init(jax.random.key(0), [(2, 2), (2, 4), (1, 3)], 2)
+    x = jax.random.normal(jax.random.key(1), (30, 4))
+    y = jax.nn.one_hot(jnp.argmax(x[:, :3], 1), 3)
+    _, losses = tt.train_tt_mlp(p, x, y, 1e-2, 200)
+    assert losses.shape == (200,) and float(losses[-1]) < 0.5 * float(losses[0])
+    with pytest.raises(ValueError, match="num_steps"):
+        tt.train_tt_mlp(p, x, y, 1e-2, 0)
