@@ -163,3 +163,17 @@ def test_bad_arguments_raise():
         nngp_fc(x, jnp.ones((2, 3)), 2)
     with pytest.raises(ValueError, match="max_iter"):
         deq_nngp(x, None, max_iter=0)
+
+
+def test_relu_ntk_diagonal_is_accurate_in_float32():
+    # With x2 omitted the diagonal has cos theta = 1 exactly; computed through the matmul it would sit
+    # at 1 - eps, where arccos loses ~sqrt(eps): a 1e-4 relative error of the ReLU NTK in float32.
+    from overparam.kernels_analytic import fc_kernels
+
+    x = np.random.default_rng(1).normal(size=(256, 64)).astype(np.float32)  # a case where the matmul rounds low
+    nngp32, ntk32 = fc_kernels(jnp.asarray(x), None, 3, "relu", 1.4, 0.1)
+    with jax.enable_x64(True):  # the float64 reference
+        nngp64, ntk64 = fc_kernels(jnp.asarray(x, jnp.float64), None, 3, "relu", 1.4, 0.1)
+        for k32, k64 in ((nngp32, nngp64), (ntk32, ntk64)):
+            rel = np.abs(np.diag(np.asarray(k32, np.float64)) - np.diag(np.asarray(k64))) / np.diag(np.asarray(k64))
+            assert rel.max() < 3e-6, rel.max()
