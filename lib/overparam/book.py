@@ -15,24 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .claims import FAIL, PASS, RECORDED
+from .claims import FAIL, PASS, RECORDED, STATUS_MARK, prediction_text
 from .downloads import add_downloads
 from .pdf import PDF_NAME, build_pdf, missing_tex_tools, pdf_link_markdown
 from .provenance import git_commit, repo_root
 from .runner import ChapterRun, discover_chapters, run_chapters, run_dir
 
-STATUS_MARK = {PASS: "✅ pass", FAIL: "❌ **FAIL**", RECORDED: "○ recorded"}
-
 
 def _load(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
-
-
-def _fmt_prediction(c: dict) -> str:
-    if c.get("interval") is not None:
-        lo, hi = c["interval"]
-        return f"[{'−∞' if lo is None else f'{lo:.4g}'}, {'+∞' if hi is None else f'{hi:.4g}'}]"
-    return f"{c['predicted']:.4g} ± {c['tolerance']:.3g}"
 
 
 def _cell(text: str) -> str:
@@ -85,7 +76,7 @@ def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
             if c.get("known_failure") and c["status"] == FAIL:
                 mark += f" (known failure: {c['known_failure']})"
             # ids as plain text: LaTeX breaks them at hyphens in the PDF's narrow first column
-            body.append(f"| {_cell(c['id'])} | {_cell(c['statement'])} | {c['measured']:.4g} | {_fmt_prediction(c)} | "
+            body.append(f"| {_cell(c['id'])} | {_cell(c['statement'])} | {c['measured']:.4g} | {prediction_text(c['predicted'], c['tolerance'], c.get('interval'))} | "
                         f"{c['holds_from']} | {_cell(mark)} |")
         body.append("")
     lines += [f"**{n_pass} pass, {n_fail} fail ({n_known} of them known and explained in their chapter), "
@@ -182,10 +173,11 @@ def render_pdf_page(stage: Path, path_output: Path, scale: str, pdf: str, log=pr
     generated = stage / "book" / "generated"
     generated.mkdir(parents=True, exist_ok=True)
     link = generated / "pdf_link.md"
-    if pdf == "no" or (pdf == "auto" and missing_tex_tools()):
+    missing = missing_tex_tools() if pdf == "auto" else []
+    if pdf == "no" or missing:
         reason = "not requested" if pdf == "no" else "TeX is not installed here; `make pdf` says what to install"
-        if pdf == "auto":
-            log(f"PDF skipped: TeX not found ({', '.join(missing_tex_tools())}); see `make pdf`", flush=True)
+        if missing:
+            log(f"PDF skipped: TeX not found ({', '.join(missing)}); see `make pdf`", flush=True)
         link.write_text(pdf_link_markdown(None, scale, reason))
         return True
     link.write_text(pdf_link_markdown(None, scale))

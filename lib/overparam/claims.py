@@ -26,6 +26,8 @@ from .scales import check_scale, scale_rank
 
 RESULTS_DIR_ENV = "OVERPARAM_RESULTS_DIR"
 PASS, FAIL, RECORDED = "pass", "fail", "recorded"
+# How a status reads in the Markdown tables (a chapter's report and the scorecard).
+STATUS_MARK = {PASS: "✅ pass", FAIL: "❌ **FAIL**", RECORDED: "○ recorded"}
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,17 @@ class Claim:
 
     @property
     def prediction_text(self) -> str:
-        if self.interval is not None:
-            lo, hi = self.interval
-            lo_s = "−∞" if lo is None else f"{lo:.4g}"
-            hi_s = "+∞" if hi is None else f"{hi:.4g}"
-            return f"[{lo_s}, {hi_s}]"
-        return f"{self.predicted:.4g} ± {self.tolerance:.3g}"
+        return prediction_text(self.predicted, self.tolerance, self.interval)
+
+
+def prediction_text(predicted: float | None, tolerance: float | None, interval) -> str:
+    """'[lo, hi]' for an interval (open ends as ∓∞), else 'predicted ± tolerance'."""
+    if interval is not None:
+        lo, hi = interval
+        lo_s = "−∞" if lo is None else f"{lo:.4g}"
+        hi_s = "+∞" if hi is None else f"{hi:.4g}"
+        return f"[{lo_s}, {hi_s}]"
+    return f"{predicted:.4g} ± {tolerance:.3g}"
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -161,12 +168,11 @@ class ClaimRecorder:
     def table_markdown(self) -> str:
         """The claims as a Markdown table (measured, predicted, status)."""
         rows = ["| claim | statement | measured | predicted | status |", "|---|---|---|---|---|"]
-        mark = {PASS: "✅ pass", FAIL: "❌ FAIL", RECORDED: "○ recorded"}
         for c in self.claims:
             within = "" if c.status != RECORDED else (" (within)" if c.within else " (outside)")
             if c.known_failure and not c.within:
                 within += " (known, explained in the text)"
-            rows.append(f"| `{c.id}` | {c.statement} | {c.measured:.4g} | {c.prediction_text} | {mark[c.status]}{within} |")
+            rows.append(f"| `{c.id}` | {c.statement} | {c.measured:.4g} | {c.prediction_text} | {STATUS_MARK[c.status]}{within} |")
         return "\n".join(rows)
 
     def report(self):
