@@ -24,7 +24,7 @@ from flax import nnx
 
 from common import fraction_of_peak, median_time, print_table, report_machine, weight_count
 from overparam.models import MLP, as_function, param_count
-from overparam.ntk import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise
+from overparam.kernels.empirical import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise
 
 COLUMNS = [
     ("method", "method", ""), ("width", "width", "d"), ("n", "N", "d"), ("params", "P", "d"),

@@ -48,9 +48,9 @@ from flax import nnx
 
 from common import fraction_of_peak, median_time, print_table, report_machine
 from ntk_bench import ntk_jacobian_flops, ntk_layerwise_flops, ntk_vjp_jvp_flops
-from overparam.kernels_analytic import fc_kernels
+from overparam.kernels.analytic import fc_kernels
 from overparam.models import MLP, as_function, param_count
-from overparam.ntk import ntk_jacobian, ntk_mlp_layerwise
+from overparam.kernels.empirical import ntk_jacobian, ntk_mlp_layerwise
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "_build" / "peers-venv"

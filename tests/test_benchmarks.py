@@ -18,7 +18,7 @@ from hessian_bench import lanczos_flops  # noqa: E402
 from ntk_bench import ntk_jacobian_flops, ntk_layerwise_flops, ntk_vjp_jvp_flops  # noqa: E402
 from overparam.curvature import hvp  # noqa: E402
 from overparam.models import MLP, as_function, param_count  # noqa: E402
-from overparam.ntk import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise  # noqa: E402
+from overparam.kernels.empirical import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise  # noqa: E402
 from overparam.training import full_batch_loss  # noqa: E402
 from peers_bench import parse_shape  # noqa: E402
 

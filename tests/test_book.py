@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from overparam.book import build_book, chapter_title
-from overparam.runner import discover_chapters
+from overparam.book.build import build_book, chapter_title
+from overparam.book.runner import discover_chapters
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -121,7 +121,7 @@ def test_pdf_of_the_whole_book(built_book):
     """The smoke build renders the PDF when TeX is installed (CI installs it): every chapter, with figures."""
     from pypdf import PdfReader
 
-    from overparam.pdf import PDF_NAME, missing_tex_tools
+    from overparam.book.pdf import PDF_NAME, missing_tex_tools
 
     if missing_tex_tools():
         if os.environ.get("CI"):
@@ -147,7 +147,7 @@ def test_scorecard_escapes_table_cells_and_titles_chapters(tmp_path):
     import json
     import re
 
-    from overparam.book import scorecard_markdown
+    from overparam.book.build import scorecard_markdown
 
     source = tmp_path / "01_toy.md"
     source.write_text("---\njupytext: {}\n---\n\n# A toy chapter\n")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from overparam.runner import declared_parameters, discover_chapters, run_chapter, run_dir
+from overparam.book.runner import declared_parameters, discover_chapters, run_chapter, run_dir
 
 CHAPTERS = discover_chapters()
 

@@ -12,11 +12,8 @@ from overparam.taylor import linearize, quadratize
 from _support import normal
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    # Derivative identities are checked to ~1e-10; float32 rounding (~1e-6) would hide errors.
-    with jax.enable_x64(True):
-        yield
+# float64 everywhere: Derivative identities are checked to ~1e-10; float32 rounding (~1e-6) would hide errors.
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def setup(activation="tanh", seed=0):

@@ -1,12 +1,16 @@
 """overparam: the shared library of the *Overparameterized* executable textbook.
 
-Chapters import from the submodules (``overparam.models``, ``overparam.ntk``, ...);
-the few names every chapter needs are re-exported here. Importing this package
-does not import JAX.
+The package is layered; imports go one way (upwards never, sideways only within a layer):
+
+* ``overparam.models``, ``overparam.taylor``: the one model description and its Taylor models;
+* ``overparam.kernels`` (empirical, analytic, regression, spectra), ``overparam.curvature``,
+  ``overparam.training`` (the one training loop), ``overparam.data``, ``overparam.stats``;
+* ``overparam.experiments``: one module per chapter topic, built on the layers below;
+* ``overparam.derivations``: the SymPy derivations, beside the numerics they are checked against;
+* ``overparam.book``: the book machinery (scales, claims, runner, build, PDF, exercises); no
+  science module imports it.
+
+Importing this package imports nothing else (not JAX, not the book machinery).
 """
 
-from .claims import Claim, ClaimRecorder
-from .scales import SCALES, Sizes, check_scale, select_scale
-
-__all__ = ["Claim", "ClaimRecorder", "SCALES", "Sizes", "check_scale", "select_scale"]
 __version__ = "0.1.0"

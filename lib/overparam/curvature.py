@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .models import param_count
+from overparam.models import param_count
 
 WHICH = ("largest", "smallest", "magnitude")
 

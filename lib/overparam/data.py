@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .models import init_mlp_params, mlp_apply_fn
+from overparam.models import init_mlp_params, mlp_apply_fn
 
 # ------------------------------------------------------------------------------------ container
 

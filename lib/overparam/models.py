@@ -2,7 +2,7 @@
 
 One definition serves everything: the ``MLP`` module is the finite network; ``as_function``
 turns it into ``apply_fn(params, x)`` from which the Taylor models (``overparam.taylor``),
-the empirical kernels (``overparam.ntk``) and the curvature (``overparam.curvature``) are
+the empirical kernels (``overparam.kernels.empirical``) and the curvature (``overparam.curvature``) are
 derived.
 
 Conventions (layer l = 1..L, widths ``(n_0 = d_in, n_1, ..., n_L = d_out)``, a_0 = x):

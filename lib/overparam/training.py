@@ -8,7 +8,7 @@ with N = pred.shape[0] examples and K outputs (a sum over outputs, a mean over e
 
 Stability of GD, derived for this loss. For the linearized model f = f0 + J dtheta with J
 (NK, P) and Theta = J J^T (NK, NK; for K = 1 the empirical NTK Gram matrix of
-``overparam.ntk``, unnormalized: summed over parameters), a GD step with learning rate lr is
+``overparam.kernels.empirical``, unnormalized: summed over parameters), a GD step with learning rate lr is
 theta <- theta - (lr/N) J^T r, so the residual r = f - y obeys
 
     r_{t+1} = (I - (lr/N) Theta) r_t.
@@ -17,7 +17,7 @@ Each eigen-direction of Theta with eigenvalue lambda > 0 contracts iff |1 - lr l
 GD is stable iff lr < 2N / lambda_max(Theta) (``max_stable_lr``). Equivalently, the loss
 Hessian of the linear model is H = J^T J / N, whose nonzero eigenvalues are those of Theta/N:
 lr < 2 / lambda_max(H). For K > 1 use the full (NK, NK) Gram matrix with num_examples=N; the
-trace-averaged kernel of ``overparam.ntk`` equals its blocks when Theta ~ Theta_1 (x) I_K.
+trace-averaged kernel of ``overparam.kernels.empirical`` equals its blocks when Theta ~ Theta_1 (x) I_K.
 
 Training loops. ``train_gd``, ``train_sgd`` and ``train_optax`` run one jitted ``lax.scan``
 and return a ``TrainResult``. Learning rate, params0, data and key are traced, so

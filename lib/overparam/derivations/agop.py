@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from . import catapult
+from overparam.derivations import catapult
 
 
 # ----------------------------------------------------------------------------- part 1: AGOP

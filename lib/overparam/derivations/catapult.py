@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from . import linearity
+from overparam.derivations import linearity
 
 eta, kappa = sp.symbols("eta kappa", positive=True)
 x, y = sp.symbols("x y", real=True)

@@ -1,7 +1,7 @@
 r"""SymPy derivations behind the infinite-width kernels (chapter 02).
 
-Each function derives (rather than quotes) a result that ``overparam.kernels_analytic`` and
-``overparam.kernel_regression`` implement numerically; ``tests/test_derivations_kernels.py``
+Each function derives (rather than quotes) a result that ``overparam.kernels.analytic`` and
+``overparam.kernels.regression`` implement numerically; ``tests/test_derivations_kernels.py``
 checks every expression against the numerical code or a Monte Carlo estimate.
 
 Notation: (u, v) ~ N(0, [[q1, k], [k, q2]]), cos(theta) = k / sqrt(q1 q2) with theta in [0, pi];

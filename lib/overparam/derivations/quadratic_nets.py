@@ -1,6 +1,6 @@
 """Chapter 8 (quadratic networks, mean-field limits): symbolic derivations.
 
-Conventions as ``overparam.quadratic_nets``: f_W(x) = sum_j (w_j^T x)^2 = x^T A x with A = W W^T,
+Conventions as ``overparam.experiments.quadratic_nets``: f_W(x) = sum_j (w_j^T x)^2 = x^T A x with A = W W^T,
 teacher A*, D = A - A*, x ~ N(0, I_d), risk R = 1/2 E[(x^T D x)^2].
 """
 

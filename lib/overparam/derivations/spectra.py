@@ -1,7 +1,7 @@
 r"""SymPy derivations for the chapter on kernel spectra: ReLU NTK eigenvalues, the binary-weight
 (quasi-network) NTK, and the NTK of the spiky-smooth activation.
 
-Conventions as in ``overparam.activations`` and ``overparam.binary_nets``: unit-variance
+Conventions as in ``overparam.experiments.spiky_smooth`` and ``overparam.experiments.binary_weights``: unit-variance
 pre-activations u, u' with correlation rho; K1 = E[relu(u) relu(u')], K0 = E[step(u) step(u')];
 two-layer NTK Theta = E[phi phi'] + rho E[phi' phi'']; eigenvalues mu_k of a dot-product
 kernel with respect to the uniform probability measure on the sphere (Funk–Hecke).

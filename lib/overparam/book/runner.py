@@ -1,0 +1,342 @@
+"""Execute chapters: jupytext MyST source -> notebook -> papermill with parameters.
+
+One run folder per scale (``_build/runs/<scale>``) holds what a chapter run
+produces::
+
+    notebooks/<name>.ipynb         last successful executed notebook
+    notebooks/<name>.failed.ipynb  last failed attempt (with the error cell)
+    results/<id>.json              claims + provenance, written by the chapter
+    status/<id>.json               outcome of the last attempt (ok/cached/failed)
+    figures/<id>/*.png             figures saved by the chapter
+    keys/<id>.key                  cache key of the last successful run
+
+A chapter is re-executed only when its cache key changes: the key hashes the
+chapter source, its parameters, every file of ``lib/overparam`` and the pinned
+requirements. A failing chapter never overwrites the last good notebook.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from overparam.book.claims import FAIL, RESULTS_DIR_ENV
+from overparam.book.plotting import FIGURES_DIR_ENV
+from overparam.book.provenance import repo_root
+from overparam.book.scales import check_scale
+
+CHAPTER_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.md$")
+PINNED_FILES = ("requirements.txt", "constraints.txt")
+
+
+@dataclass(frozen=True)
+class ChapterRun:
+    """Outcome of one chapter run. ``status``: ok, cached or failed."""
+
+    chapter: str
+    name: str
+    scale: str
+    status: str
+    wall_time_s: float
+    notebook: str | None
+    error: str | None = None
+    failed_cell: int | None = None
+    claims_failed: int = 0
+    claims_total: int = 0
+    claims_known_failures: int = 0
+
+
+# ---------------------------------------------------------------- discovery
+def discover_chapters(root: Path | None = None) -> dict[str, Path]:
+    """Map chapter id (``"01"``) to its source ``chapters/NN_topic.md``, in order."""
+    root = Path(root or repo_root())
+    found: dict[str, Path] = {}
+    for path in sorted((root / "chapters").glob("*.md")):
+        m = CHAPTER_RE.match(path.name)
+        if m:
+            if m.group(1) in found:
+                raise ValueError(f"two chapters share id {m.group(1)}: {found[m.group(1)].name} and {path.name}")
+            found[m.group(1)] = path
+    return found
+
+
+def resolve_chapter(chapter: str, root: Path | None = None) -> Path:
+    """The source of ``chapter``, given as id (``1``, ``01``) or file stem; ValueError lists the known ones."""
+    chapters = discover_chapters(root)
+    key = chapter.zfill(2) if chapter.isdigit() else chapter
+    for cid, path in chapters.items():
+        if key in (cid, path.stem, path.name):
+            return path
+    known = ", ".join(f"{cid} ({p.stem})" for cid, p in chapters.items()) or "none"
+    raise ValueError(f"unknown chapter {chapter!r}; known chapters: {known}")
+
+
+def read_notebook(source: Path):
+    """Read a jupytext MyST notebook as an nbformat notebook."""
+    import jupytext
+
+    return jupytext.read(source)
+
+
+def declared_parameters(source: Path) -> dict[str, Any]:
+    """Names and default values of the cell tagged ``parameters`` (literal assignments only)."""
+    nb = read_notebook(source)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{source.name}: expected exactly one code cell tagged 'parameters', found {len(cells)}")
+    params: dict[str, Any] = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            params[node.targets[0].id] = ast.literal_eval(node.value)
+    if "scale" not in params:
+        raise ValueError(f"{source.name}: the parameters cell must declare 'scale'")
+    return params
+
+
+def validate_parameters(source: Path, scale: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full parameter set for a run; ValueError on an unknown scale or parameter name.
+
+    Checked before any work starts, so a typo costs nothing.
+    """
+    check_scale(scale)
+    declared = declared_parameters(source)
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for chapter {source.stem}; "
+            f"allowed: {', '.join(sorted(declared))}"
+        )
+    if "scale" in overrides and overrides["scale"] != scale:
+        raise ValueError("give the scale once (as scale=...), not also as a parameter override")
+    for name, value in overrides.items():
+        default = declared[name]
+        if default is not None and value is not None and type(value) is not type(default) and not (
+            isinstance(default, float) and isinstance(value, int)
+        ):
+            raise ValueError(
+                f"parameter {name!r} of chapter {source.stem} takes a {type(default).__name__} "
+                f"(default {default!r}), got {value!r}"
+            )
+    return {**declared, **overrides, "scale": scale}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``name=value`` from the command line; the value is a Python literal or a plain string."""
+    if "=" not in text:
+        raise ValueError(f"a parameter override looks like name=value, got {text!r}")
+    name, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name.strip(), value
+
+
+# ---------------------------------------------------------------- cache key
+def _hash_files(h, paths) -> None:
+    for p in paths:
+        h.update(str(p.name).encode())
+        h.update(p.read_bytes())
+
+
+def cache_key(source: Path, params: dict[str, Any], root: Path | None = None) -> str:
+    """Hash of what determines a chapter's output: source, parameters, ``lib/`` and pinned versions."""
+    root = Path(root or repo_root())
+    h = hashlib.sha256()
+    h.update(source.read_bytes())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    lib = root / "lib"
+    _hash_files(h, sorted(p for p in lib.rglob("*.py") if "__pycache__" not in p.parts))
+    _hash_files(h, [root / f for f in PINNED_FILES if (root / f).exists()])
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- execution
+def run_dir(scale: str, root: Path | None = None) -> Path:
+    return Path(root or repo_root()) / "_build" / "runs" / check_scale(scale)
+
+
+@contextmanager
+def _environment(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _hide_injected_cell(nb_path: Path) -> None:
+    """Remove papermill's injected-parameters cell from the rendered page (the scale shows in the claims)."""
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, nb_path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _claim_counts(results_file: Path) -> tuple[int, int, int]:
+    """(blocking failures, known failures, total) of a results file."""
+    if not results_file.exists():
+        return 0, 0, 0
+    claims = json.loads(results_file.read_text()).get("claims", [])
+    failed = [c for c in claims if c["status"] == FAIL]
+    known = sum(bool(c.get("known_failure")) for c in failed)
+    return len(failed) - known, known, len(claims)
+
+
+def run_chapter(
+    chapter: str,
+    scale: str = "ci",
+    overrides: dict[str, Any] | None = None,
+    *,
+    root: Path | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    timeout_s: int | None = 1800,
+) -> ChapterRun:
+    """Execute one chapter at ``scale`` (skipped when its cache key is unchanged).
+
+    Parameters are validated before anything runs. Execution errors do not
+    raise: they come back as ``status="failed"`` with the failing cell.
+    """
+    root = Path(root or repo_root())
+    source = resolve_chapter(chapter, root)
+    cid = CHAPTER_RE.match(source.name).group(1)
+    params = validate_parameters(source, scale, overrides)
+    out = Path(out or run_dir(scale, root))
+    nb_dir, res_dir, fig_dir = out / "notebooks", out / "results", out / "figures"
+    for d in (nb_dir, res_dir, fig_dir, out / "status", out / "keys"):
+        d.mkdir(parents=True, exist_ok=True)
+    final_nb = nb_dir / f"{source.stem}.ipynb"
+    key = cache_key(source, params, root)
+    key_file = out / "keys" / f"{cid}.key"
+    status_file = out / "status" / f"{cid}.json"
+
+    if not force and key_file.exists() and key_file.read_text() == key and final_nb.exists() \
+            and (res_dir / f"{cid}.json").exists():
+        failed, known, total = _claim_counts(res_dir / f"{cid}.json")
+        prev = json.loads(status_file.read_text()) if status_file.exists() else {}
+        run = ChapterRun(cid, source.stem, scale, "cached", prev.get("wall_time_s", 0.0), str(final_nb),
+                         claims_failed=failed, claims_total=total, claims_known_failures=known)
+        _write_json(status_file, {**asdict(run), "wall_time_s": prev.get("wall_time_s", 0.0)})
+        return run
+
+    import nbformat
+    import papermill as pm
+
+    t0 = time.perf_counter()
+    error, failed_cell, notebook = None, None, None
+    with tempfile.TemporaryDirectory(prefix=f"overparam-{cid}-") as tmp:
+        tmp = Path(tmp)
+        src_nb = tmp / f"{source.stem}.src.ipynb"
+        nb = read_notebook(source)
+        # Exercise checks grade students (overparam.book.exercises); the test suite runs them against the
+        # instructor's solutions. They are not part of the rendered chapter, so the build skips them.
+        nb.cells = [c for c in nb.cells if "check" not in c.metadata.get("tags", [])]
+        nbformat.write(nb, src_nb)
+        tmp_out, tmp_res = tmp / f"{source.stem}.ipynb", tmp / "results"
+        cache_dir = root / "_build" / "jax_cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            RESULTS_DIR_ENV: str(tmp_res),
+            FIGURES_DIR_ENV: str(fig_dir),
+            "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        }
+        try:
+            with _environment(**env):
+                pm.execute_notebook(
+                    str(src_nb), str(tmp_out), parameters=params, cwd=str(source.parent), kernel_name="python3",
+                    progress_bar=False, log_output=False, execution_timeout=timeout_s,
+                )
+            results = tmp_res / f"{cid}.json"
+            if not results.exists():
+                raise RuntimeError(f"chapter {source.stem} ran but wrote no results: it must call claims.save()")
+            _hide_injected_cell(tmp_out)
+            shutil.copyfile(results, res_dir / f"{cid}.json")
+            shutil.copyfile(tmp_out, final_nb)
+            (nb_dir / f"{source.stem}.failed.ipynb").unlink(missing_ok=True)
+            key_file.write_text(key)
+            notebook = str(final_nb)
+        except pm.PapermillExecutionError as exc:
+            failed_cell, error = exc.cell_index, f"{exc.ename}: {exc.evalue}"
+        except Exception as exc:  # kernel died, timeout, missing results, ...
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            key_file.unlink(missing_ok=True)
+            if tmp_out.exists():
+                failed_nb = nb_dir / f"{source.stem}.failed.ipynb"
+                shutil.copyfile(tmp_out, failed_nb)
+                notebook = str(failed_nb)
+    wall = round(time.perf_counter() - t0, 2)
+    failed, known, total = _claim_counts(res_dir / f"{cid}.json") if error is None else (0, 0, 0)
+    run = ChapterRun(cid, source.stem, scale, "failed" if error else "ok", wall, notebook, error, failed_cell,
+                     failed, total, known)
+    _write_json(status_file, asdict(run))
+    return run
+
+
+def run_chapters(
+    chapters: list[str] | None = None,
+    scale: str = "ci",
+    overrides: dict[str, Any] | None = None,
+    *,
+    root: Path | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    log=print,
+) -> list[ChapterRun]:
+    """Run several chapters in order (all by default), one progress line each; failures don't stop the rest.
+
+    All parameter sets are validated before the first chapter starts.
+    """
+    root = Path(root or repo_root())
+    check_scale(scale)
+    sources = [resolve_chapter(c, root) for c in chapters] if chapters else list(discover_chapters(root).values())
+    for s in sources:
+        validate_parameters(s, scale, overrides)
+    runs, t_start = [], time.perf_counter()
+    for i, s in enumerate(sources, 1):
+        log(f"[{i}/{len(sources)}] {s.stem} ({scale}) running ...", flush=True)
+        run = run_chapter(s.stem, scale, overrides, root=root, out=out, force=force)
+        runs.append(run)
+        elapsed = time.perf_counter() - t_start
+        if run.status == "failed":
+            where = f" at cell {run.failed_cell}" if run.failed_cell is not None else ""
+            log(f"[{i}/{len(sources)}] {s.stem} FAILED{where} after {run.wall_time_s:.1f} s: {run.error}", flush=True)
+        else:
+            held = run.claims_total - run.claims_failed - run.claims_known_failures
+            claims = (f"{held}/{run.claims_total} claims hold, {run.claims_failed} fail, "
+                      f"{run.claims_known_failures} known failures" if scale != "smoke"
+                      else f"{run.claims_total} claims recorded, not enforced at smoke")
+            log(f"[{i}/{len(sources)}] {s.stem} {run.status} in {run.wall_time_s:.1f} s ({claims}); "
+                f"total elapsed {elapsed:.0f} s", flush=True)
+    return runs

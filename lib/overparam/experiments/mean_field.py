@@ -1,0 +1,214 @@
+r"""Two-layer networks in the mean-field scaling trained by online SGD, and how independent runs differ.
+
+Model (the ``mean_field`` parameterization of ``overparam.models``, tanh, no biases):
+
+    f(x) = (1/N) sum_{k=1..N} v_k tanh(w_k^T x / sqrt(d)),   w_k ~ N(0, I_d),  v_k ~ N(0, 1),
+
+so each neuron theta_k = (w_k, v_k) is a particle and f is an average over the particles'
+empirical measure. Data: x ~ N(0, I_d), targets y = f*(x) from a fixed two-layer tanh teacher
+(NTK parameterization, k* neurons). Online SGD, a fresh minibatch of B samples per step:
+
+    theta_k <- theta_k - eta * N * grad_{theta_k} L_B,    L_B = 1/(2B) sum_b (f(x_b) - y_b)^2,
+
+i.e. ``params - eta * N * grad``: the factor N undoes the 1/N of the output, so each particle
+moves by O(eta) whatever N ("mean-field learning rate" eta). Step n sits at time t = n eta;
+runs are compared at a fixed time horizon T (T / eta steps).
+
+Two step-size regimes, eta_N = eta0 (N0 / N)^kappa (``step_size``):
+kappa > 0 (the step vanishes as N grows): the particles follow a deterministic mean-field flow,
+and two independent runs differ by O(N^-1/2) (initial sampling) + O(eta_N^1/2) (SGD noise);
+kappa = 0 (constant step): the SGD noise is common to all particles (every neuron sees the same
+minibatch), does not average out over N, and keeps independent runs apart at O(eta^1/2).
+
+Padding: a particle with w_k = 0 and v_k = 0 has zero gradient and contributes nothing, so a
+width-N student is stored as a width-N_pad network whose last N_pad - N particles are zero;
+its output is (N_pad / N) times the padded network's (``student_output``), which is exactly
+f above. All widths then share one compiled training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from overparam.models import init_mlp_ensemble
+from overparam.training import mse_loss
+
+
+@functools.lru_cache(maxsize=None)
+def _network(d: int, width: int, parameterization: str):
+    """apply_fn of the (d, width, 1) tanh MLP without biases (cached: jit hashes it by identity)."""
+    apply_fn, _ = init_mlp_ensemble(jax.random.split(jax.random.key(0), 1), (d, width, 1), "tanh",
+                                    parameterization, use_bias=False)
+    return apply_fn
+
+
+def student_apply(d: int, width: int):
+    """apply_fn(params, x (n, d)) -> (n, 1) of the mean-field network with ``width`` particles
+    (f = (1/width) sum_k v_k tanh(w_k^T x / sqrt d)); see ``student_output`` for padded students."""
+    return _network(d, width, "mean_field")
+
+
+def init_students(keys, d: int, N: int, width: int | None = None):
+    """Params of len(keys) independent mean-field students of N particles (leading axis = run),
+    stored with ``width`` >= N slots (default N); slots N..width-1 hold zero particles.
+
+    The first N particles have the same law for any width (w_k ~ N(0, I_d), v_k ~ N(0, 1)).
+    """
+    width = N if width is None else width
+    if d < 1 or N < 1 or width < N:
+        raise ValueError(f"need d >= 1 and 1 <= N <= width; got d={d}, N={N}, width={width}")
+    return _init_fn(d, width)(keys, N)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(d: int, width: int):
+    """Jitted (keys, N) -> params of padded students (cached: one compilation per shape)."""
+
+    def init(keys, N):
+        params = init_mlp_ensemble(keys, (d, width, 1), "tanh", "mean_field", use_bias=False)[1]
+        live = (jnp.arange(width) < N).astype(jnp.float32)
+        w, v = params["layers"][0]["w"], params["layers"][1]["w"]   # nnx.Param (runs, d, width), (runs, width, 1)
+        w[...] = w[...] * live[None, None, :]
+        v[...] = v[...] * live[None, :, None]
+        return params
+
+    return jax.jit(init)
+
+
+def student_output(apply_fn, params, x, N):
+    """f(x) (n, 1) of a student with N live particles stored in a padded network: (width / N) apply_fn."""
+    width = params["layers"][1]["w"].shape[-2]
+    return apply_fn(params, x) * (width / N)
+
+
+def make_teacher(key, d: int, k_star: int):
+    """(apply_fn, params) of the teacher f*(x) = v*^T tanh(W*^T x / sqrt d) / sqrt(k*), N(0, 1) weights."""
+    if k_star < 1:
+        raise ValueError(f"k_star={k_star} must be positive")
+    apply_fn, params = init_mlp_ensemble(key[None], (d, k_star, 1), "tanh", "ntk", use_bias=False)
+    return apply_fn, jax.tree.map(lambda p: p[0], params)
+
+
+def particles(params, N: int | None = None):
+    """The first N neurons (default: all slots) of one run as an (N, d + 1) array of particles (w_k, v_k)."""
+    w = params["layers"][0]["w"][...]      # (d, width)
+    v = params["layers"][1]["w"][...]      # (width, 1)
+    return jnp.concatenate([w.T, v], axis=1)[:N]
+
+
+def step_size(eta0: float, N, N0: int, kappa: float):
+    """eta_N = eta0 (N0 / N)^kappa: kappa = 0 constant step, kappa > 0 a step that vanishes with width."""
+    if eta0 <= 0 or N0 < 1 or kappa < 0:
+        raise ValueError(f"need eta0 > 0, N0 >= 1, kappa >= 0; got eta0={eta0}, N0={N0}, kappa={kappa}")
+    return eta0 * (N0 / np.asarray(N, dtype=float)) ** kappa
+
+
+@partial(jax.jit, static_argnames=("apply_fn", "teacher_fn", "batch_size"))
+def online_sgd(apply_fn, teacher_fn, params0, teacher_params, data_key, eta, N, num_steps, *, batch_size: int):
+    """Online SGD with the mean-field step (``params - eta * N * grad``) for ``num_steps`` steps.
+
+    Step n draws x_n (batch_size, d) from ``fold_in(data_key, n)``: two runs with the same
+    data_key see the same samples. The student is ``student_output(apply_fn, params, x, N)``
+    (N live particles, possibly padded). apply_fn / teacher_fn: static (cached) apply functions;
+    params0, data_key, eta, N and num_steps are traced (a ``fori_loop`` with a traced length),
+    so every width, step size and horizon at one padded shape share one compilation, and
+    ``jax.vmap`` over runs works.
+    """
+    d = params0["layers"][0]["w"].shape[0]
+    loss = lambda p, x, y: mse_loss(student_output(apply_fn, p, x, N), y)
+
+    def step(n, p):
+        x = jax.random.normal(jax.random.fold_in(data_key, n), (batch_size, d))
+        g = jax.grad(loss)(p, x, teacher_fn(teacher_params, x))
+        return jax.tree.map(lambda a, b: a - eta * N * b, p, g)
+
+    return jax.lax.fori_loop(0, num_steps, step, params0)
+
+
+def rms_distance(f1, f2):
+    """sqrt(mean (f1 - f2)^2) over test points: an estimate of ||f1 - f2||_{L2(N(0, I))}."""
+    return jnp.sqrt(jnp.mean((f1 - f2) ** 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Discrepancy:
+    """Distances ||f_a - f_b|| at time T between runs of width N (one entry per pair of runs, (2P,)):
+
+    independent: different init and different data; same_init: one init, two data streams
+    (SGD noise only); same_data: two inits, one data stream (initial sampling only).
+    risk: test half-MSE of every run (4P,).
+    """
+
+    N: int
+    eta: float
+    num_steps: int
+    independent: np.ndarray
+    same_init: np.ndarray
+    same_data: np.ndarray
+    risk: np.ndarray
+
+
+def discrepancy_experiment(key, teacher, x_test, N: int, eta: float, horizon: float, batch_size: int,
+                           num_groups: int, width: int | None = None) -> Discrepancy:
+    """Train 4 * num_groups students of width N to time ``horizon`` and measure their discrepancies.
+
+    Group g uses inits i1, i2 and data streams s1, s2 and trains (i1,s1), (i2,s2), (i1,s2), (i2,s1);
+    independent pairs: (i1,s1)-(i2,s2) and (i1,s2)-(i2,s1); same init: (i1,s1)-(i1,s2) and
+    (i2,s2)-(i2,s1); same data: (i1,s1)-(i2,s1) and (i2,s2)-(i1,s2). teacher: (apply_fn, params)
+    from ``make_teacher``; x_test (n, d). Steps: round(horizon / eta). ``width`` >= N pads the
+    students (default N) so that several N share one compilation.
+    """
+    num_steps = int(round(horizon / eta))
+    if num_steps < 1:
+        raise ValueError(f"horizon={horizon} / eta={eta} gives no step")
+    d = x_test.shape[1]
+    k_init, k_data = jax.random.split(key)
+    inits = jax.random.split(k_init, 2 * num_groups).reshape(num_groups, 2)
+    streams = jax.random.split(k_data, 2 * num_groups).reshape(num_groups, 2)
+    pairs = [(0, 0), (1, 1), (0, 1), (1, 0)]
+    init_keys = jnp.stack([inits[:, i] for i, _ in pairs], axis=1).reshape(-1)
+    data_keys = jnp.stack([streams[:, s] for _, s in pairs], axis=1).reshape(-1)
+    width = N if width is None else width
+    apply_fn = student_apply(d, width)
+    teacher_fn, teacher_params = teacher
+    params0 = init_students(init_keys, d, N, width)
+    train = lambda p, k: online_sgd(apply_fn, teacher_fn, p, teacher_params, k, eta, N, num_steps,
+                                    batch_size=batch_size)
+    params = jax.vmap(train)(params0, data_keys)
+    f = _outputs(apply_fn, params, x_test, N).reshape(num_groups, 4, -1)
+    y = teacher_fn(teacher_params, x_test)[:, 0]
+    dist = lambda a, b: np.asarray(jax.vmap(rms_distance)(f[:, a], f[:, b]))
+    risk = 0.5 * np.asarray(jnp.mean((f - y) ** 2, axis=-1)).ravel()
+    return Discrepancy(N, float(eta), num_steps,
+                       np.concatenate([dist(0, 1), dist(2, 3)]),
+                       np.concatenate([dist(0, 2), dist(1, 3)]),
+                       np.concatenate([dist(0, 3), dist(1, 2)]), risk)
+
+
+@partial(jax.jit, static_argnames=("apply_fn",))
+def _outputs(apply_fn, params, x, N):
+    return jax.vmap(lambda p: student_output(apply_fn, p, x, N)[:, 0])(params)
+
+
+def discrepancy_sweep(key, teacher, x_test, widths, eta0: float, kappa: float, horizon: float, batch_size: int,
+                      num_groups: int) -> list[Discrepancy]:
+    """``discrepancy_experiment`` for every N in ``widths`` with eta_N = eta0 (widths[0] / N)^kappa,
+    all stored at width max(widths) (one compilation for the whole sweep)."""
+    widths = [int(N) for N in widths]
+    if not widths or min(widths) < 1:
+        raise ValueError(f"widths={widths} must be a non-empty list of positive integers")
+    etas = step_size(eta0, widths, widths[0], kappa)
+    return [discrepancy_experiment(jax.random.fold_in(key, N), teacher, x_test, N, float(eta), horizon, batch_size,
+                                   num_groups, width=max(widths)) for N, eta in zip(widths, etas)]
+
+
+def rms(values) -> float:
+    """Root mean square of an array (how discrepancies over pairs of runs are averaged)."""
+    values = np.asarray(values, dtype=float)
+    return float(np.sqrt(np.mean(values**2)))

@@ -1,0 +1,275 @@
+r"""Natural gradient descent (NGD) in function space: exact, layer-wise block-diagonal, and K-FAC.
+
+Loss ``mse_loss`` = 1/(2N) sum (f - y)^2, residual e = f - y (N, K) flattened to (NK,), Jacobian
+J (NK, P), gradient J^T e / N, Fisher F = J^T J / N, NTK Gram Theta = J J^T. Each method is a
+preconditioner F_hat and a step theta <- theta - lr F_hat^{-1} grad. On the linearized network
+the residual then obeys
+
+    e <- (I - lr A) e,     A = J F_hat^{-1} J^T / N       (NK, NK): the function-space operator,
+
+so the eigenvalues of A are the per-mode rates (``function_space_operator``):
+
+=============  =========================================================  ==============================
+method         step (damping rho > 0)                                      A (rho -> 0)
+=============  =========================================================  ==============================
+``gd``         F_hat = I: d theta = -lr J^T e / N                           Theta / N
+``ngd``        F + rho I: d theta = -lr J^T (Theta + rho N I)^{-1} e        I  (if Theta is invertible)
+``block_diag`` blockdiag_b(F_b) + rho I, one block per params leaf:         sum_b Theta_b (Theta_b + rho N)^{-1}
+               d theta_b = -lr J_b^T (Theta_b + rho N I)^{-1} e             = B I if every Theta_b is invertible
+``kfac``       per layer (Abar + rho I) (x) (Gbar + rho I), Abar =          sum_l N (P_{a_l} o P_{delta_l})
+               w_mult^2 a^T a / N, Gbar = sum_k delta_k^T delta_k / N:      (o: entrywise product; P: projection
+               d w = -lr (Abar + rho I)^{-1} grad_w (Gbar + rho I)^{-1}     on the span of the layer's inputs / deltas)
+=============  =========================================================  ==============================
+
+The exact NGD step uses the push-through identity (J^T J/N + rho)^{-1} J^T/N = J^T (J J^T + rho N)^{-1}:
+an N x N solve, never a P x P one. Blocks of ``block_diag`` are the leaves of params (for a
+bias-free ``MLP``: one block per layer). K-FAC needs the layer structure of an
+``overparam.models.MLP`` (inputs a_l and backpropagated deltas from ``overparam.kernels.empirical``).
+With every block's Gram invertible, block-diagonal NGD with lr/B equals exact NGD in function
+space; K-FAC is isotropic when each layer's input Gram a a^T and delta Gram are invertible
+(widths and input dimension >= N); then A = (1 + (L-1) N) I for K = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from overparam.experiments.fisher import block_grams, output_jacobian
+from overparam.models import MLP
+from overparam.kernels.empirical import mlp_layer_features
+
+METHODS = ("gd", "ngd", "block_diag", "kfac")
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` if known, else ValueError listing ``METHODS``."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
+    return method
+
+
+def _check_damping(damping):
+    if not float(damping) > 0:
+        raise ValueError(f"damping={damping!r} must be > 0 (it regularizes the inverse of a singular Fisher)")
+
+
+def _solve_psd(gram, rhs, shift):
+    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
+    return jnp.linalg.solve(gram + shift * eye, rhs)
+
+
+# --------------------------------------------------------------------------------- K-FAC pieces
+
+
+def _damped_pinv(phi, damping):
+    """Q = (phi^T phi / R + rho I)^{-1} phi^T (n, R) for a feature matrix phi (R, n).
+
+    Solved in the smaller of the two equivalent forms (the dual one is phi^T (phi phi^T / R + rho I)^{-1}):
+    cost min(n, R)^3, and no 1/rho blow-up on the null space of the larger Gram.
+    """
+    r, n = phi.shape
+    if n <= r:
+        return _solve_psd(phi.T @ phi / r, phi.T, damping)
+    return _solve_psd(phi @ phi.T / r, phi, damping).T
+
+
+def _kfac_factors(model: MLP, params, x, damping):
+    """Per layer (phi_a, Q_a, phi_D, Q_D): K-FAC's two Kronecker factors as feature matrices.
+
+    phi_a = w_mult a (N, n_in) (scaled layer inputs) and phi_D (NK, n_out) with row (n, k) the
+    delta d f_k(x_n) / d h; Abar = phi_a^T phi_a / N and Gbar = phi_D^T phi_D / N (the 1/N of
+    Gbar taken over the NK rows' N examples). Q = ``_damped_pinv``: (Abar + rho)^{-1} phi_a^T etc.
+    """
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    bound = nnx.merge(graphdef, params, rest)
+    acts, deltas = mlp_layer_features(bound, x)
+    n = x.shape[0]
+    out = []
+    for layer, a, delta in zip(bound.layers, acts, deltas):
+        k = delta.shape[2]
+        phi_a = layer.w_mult * a
+        # Gbar = sum_k delta_k^T delta_k / N: scale the NK rows by sqrt(K) so that "/ rows" is "/ N".
+        phi_d = jnp.transpose(delta, (0, 2, 1)).reshape(n * k, -1)
+        q_d = _damped_pinv(jnp.sqrt(k) * phi_d, damping) / jnp.sqrt(k)
+        out.append((phi_a, _damped_pinv(phi_a, damping), phi_d, q_d))
+    return out
+
+
+def _check_kfac_model(model):
+    if not isinstance(model, MLP):
+        raise ValueError(f"method='kfac' needs an overparam.models.MLP, got {type(model).__name__}")
+    if model.use_bias:
+        raise ValueError("method='kfac' is implemented for bias-free MLPs (use_bias=False)")
+
+
+def _check_args(method, damping, model):
+    check_method(method)
+    _check_damping(damping)
+    if method == "kfac":
+        _check_kfac_model(model)
+
+
+def kfac_operator(model: MLP, params, x, damping):
+    """Function-space operator (NK, NK) of K-FAC: sum_l (1/N) [phi_a Q_a] o [phi_D Q_D].
+
+    phi_a Q_a = w^2 a (Abar + rho)^{-1} a^T (N, N) and phi_D Q_D = D (Gbar + rho)^{-1} D^T
+    (NK, NK), entry (m k', n k); with rho -> 0 each is N times the projection on the span of the
+    layer's inputs, resp. deltas (see the module docstring).
+    """
+    return function_space_operator("kfac", None, params, x, damping, model)
+
+
+def _kfac_operator(model: MLP, params, x, damping):
+    n = x.shape[0]
+    total = 0.0
+    for phi_a, q_a, phi_d, q_d in _kfac_factors(model, params, x, damping):
+        k = phi_d.shape[0] // n
+        pa = phi_a @ q_a                                  # (N, N)
+        pd = (phi_d @ q_d).reshape(n, k, n, k)            # (N, K, N, K)
+        total = total + (pa[:, None, :, None] * pd).reshape(n * k, n * k) / n
+    return total
+
+
+# ------------------------------------------------------------------------------ the operators
+
+
+def function_space_operator(method: str, apply_fn, params, x, damping=1e-8, model: MLP | None = None):
+    """A (NK, NK) with e <- (I - lr A) e on the linearized network (table in the module docstring).
+
+    apply_fn(params, x) -> (N, K) must treat examples independently. ``model`` (the ``MLP``
+    that apply_fn evaluates) is needed for ``kfac`` only. Jitted with method, apply_fn and model
+    static (hashed by identity: build them once).
+    """
+    _check_args(method, damping, model)
+    return _operator(method, apply_fn, params, x, damping, model)
+
+
+@partial(jax.jit, static_argnames=("method", "apply_fn", "model"))
+def _operator(method, apply_fn, params, x, damping, model):
+    n = x.shape[0]
+    if method == "kfac":
+        return _kfac_operator(model, params, x, damping)
+    grams = block_grams(output_jacobian(apply_fn, params, x))
+    if method == "gd":
+        return sum(grams) / n
+    if method == "ngd":
+        theta = sum(grams)
+        return theta @ _solve_psd(theta, jnp.eye(theta.shape[0], dtype=theta.dtype), damping * n)
+    return sum(g @ _solve_psd(g, jnp.eye(g.shape[0], dtype=g.dtype), damping * n) for g in grams)
+
+
+def isotropy_scale(operator):
+    """Mean eigenvalue tr(A)/NK of a function-space operator: divide lr by it to compare methods."""
+    return jnp.trace(operator) / operator.shape[0]
+
+
+# --------------------------------------------------------------------------------- the updates
+
+
+def update_direction(method: str, apply_fn, params, x, y, damping, model: MLP | None = None):
+    """F_hat^{-1} grad loss (a pytree like params): the step is theta - lr * direction.
+
+    Jitted like ``function_space_operator``; J @ direction = A e (the tests check it).
+    """
+    _check_args(method, damping, model)
+    return _direction(method, apply_fn, params, x, y, damping, model)
+
+
+@partial(jax.jit, static_argnames=("method", "apply_fn", "model"))
+def _direction(method, apply_fn, params, x, y, damping, model):
+    n = x.shape[0]
+    e = (apply_fn(params, x) - y).reshape(-1)
+    if method == "kfac":
+        # (Abar + rho)^{-1} grad_w (Gbar + rho)^{-1} with grad_w = phi_a^T E~ phi_D / N equals
+        # Q_a E~ Q_D^T / N, where E~ (N, NK) holds e_{nk} at (n, (n, k)).
+        e_nk = e.reshape(n, -1)
+        directions = []
+        for phi_a, q_a, phi_d, q_d in _kfac_factors(model, params, x, damping):
+            e_q = jnp.einsum("nk,jnk->nj", e_nk, q_d.reshape(q_d.shape[0], n, -1))   # E~ Q_D^T (N, n_out)
+            directions.append(q_a @ e_q / n)
+        return _with_layer_leaves(params, directions)
+    jac = output_jacobian(apply_fn, params, x)
+    if method == "gd":
+        return jax.tree.map(lambda j: jnp.tensordot(e, j, axes=1) / n, jac)
+    if method == "ngd":
+        theta = sum(block_grams(jac))
+        coef = _solve_psd(theta, e, damping * n)
+        return jax.tree.map(lambda j: jnp.tensordot(coef, j, axes=1), jac)
+
+    def block(j):
+        flat = j.reshape(j.shape[0], -1)
+        return jnp.tensordot(_solve_psd(flat @ flat.T, e, damping * n), j, axes=1)
+
+    return jax.tree.map(block, jac)
+
+
+def _with_layer_leaves(params, directions):
+    """Put per-layer weight directions into a pytree like params (bias-free MLP: one leaf per layer)."""
+    leaves, treedef = jax.tree.flatten(params)
+    if len(leaves) != len(directions):
+        raise ValueError(f"params has {len(leaves)} leaves but the MLP has {len(directions)} layers")
+    return jax.tree.unflatten(treedef, directions)
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["losses", "residuals", "step_norms", "params"],
+         meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class NGDResult:
+    """losses (T+1,) and residuals (T+1, N, K) at steps 0..T; step_norms (T,) = ||theta_{t+1} - theta_t||; final params."""
+
+    losses: jax.Array
+    residuals: jax.Array
+    step_norms: jax.Array
+    params: object
+
+
+def train_preconditioned(model: MLP, x, y, method: str, lr, num_steps: int, damping=1e-8) -> NGDResult:
+    """Full-batch training of ``model`` with one of ``METHODS`` (one jitted ``lax.scan``).
+
+    lr: a scalar (traced). Records the loss ``mse_loss`` and the residual at steps 0..num_steps.
+    Non-finite steps are recorded as they are (NaN/inf losses), never raised.
+    """
+    _check_args(method, damping, model)
+    graphdef, params0, rest = nnx.split(model, nnx.Param, ...)
+
+    def apply_fn(params, inputs):
+        return nnx.merge(graphdef, params, rest)(inputs)
+
+    @jax.jit
+    def run(params0, lr):
+        def step(params, _):
+            e = apply_fn(params, x) - y
+            direction = _direction(method, apply_fn, params, x, y, damping, model)
+            new = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+            norm = lr * jnp.sqrt(sum(jnp.sum(d * d) for d in jax.tree.leaves(direction)))
+            return new, (0.5 * jnp.sum(e * e) / x.shape[0], e, norm)
+
+        final, (losses, residuals, norms) = jax.lax.scan(step, params0, None, length=num_steps)
+        e_last = apply_fn(final, x) - y
+        losses = jnp.concatenate([losses, (0.5 * jnp.sum(e_last**2) / x.shape[0])[None]])
+        return NGDResult(losses, jnp.concatenate([residuals, e_last[None]]), norms, final)
+
+    return run(params0, jnp.asarray(lr, dtype=x.dtype))
+
+
+def mode_decay(residuals, basis):
+    """|<u_k, e_t>| / |<u_k, e_0>| for the columns u_k of ``basis`` (NK, NK): array (T+1, NK).
+
+    With basis the eigenvectors of the initial NTK Gram, this is how each NTK mode decays;
+    under exact NGD every column is (1 - lr)^t on the linearized network.
+    """
+    coords = residuals.reshape(residuals.shape[0], -1) @ basis
+    return jnp.abs(coords) / jnp.abs(coords[0])
+
+
+def isotropy_deviation(residuals, rate):
+    """max_t ||e_t - (1 - rate)^t e_0|| / ||(1 - rate)^t e_0||: 0 iff every mode decays at one ``rate``."""
+    flat = residuals.reshape(residuals.shape[0], -1)
+    factors = (1.0 - rate) ** jnp.arange(flat.shape[0], dtype=flat.dtype)
+    ideal = factors[:, None] * flat[0]
+    return jnp.max(jnp.linalg.norm(flat - ideal, axis=1) / jnp.linalg.norm(ideal, axis=1))

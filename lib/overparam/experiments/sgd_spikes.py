@@ -1,0 +1,346 @@
+"""Loss spikes (catapults) along an SGD trajectory, seen through the top of the tangent kernel.
+
+Conventions. Losses are ``overparam.training.mse_loss``, L = 1/(2N) sum_i |f(x_i) - y_i|^2 over
+the set they are evaluated on (a minibatch of b points for the SGD step, the whole training
+set for ``train_loss``). The tangent kernel of a set X (n, d) is the Gram matrix K = J J^T
+(n, n) summed over parameters (``overparam.kernels.empirical`` convention). Curvatures are reported per
+point, mu_max(K) / n: that is the curvature the half-MSE loss of that set sees along the top
+eigenvector, so a GD step on the set is unstable along it iff lr > 2 / (mu_max / n)
+(``overparam.training.max_stable_lr``). The "top-k projected loss" of a probe set is
+1/(2n) |U_k^T r|^2 with r = f(X_p) - y_p and U_k the top-k eigenvectors of K(X_p).
+
+Batches follow ``overparam.training.sgd_batch_indices`` (the batch order of ``train_sgd`` for
+the same key). A spike is found on a loss trajectory by ``detect_spikes``: the loss rises by at
+least a factor ``rise`` above its running minimum (and above ``floor``), and later falls by at
+least ``rise`` from its peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from overparam.models import MLP
+from overparam.kernels.empirical import ntk_jacobian, ntk_mlp_layerwise
+from overparam.training import mse_loss, sgd_batch_indices
+
+
+# ----------------------------------------------------------------------- spike detection
+@dataclass(frozen=True)
+class Spike:
+    """One spike of a loss trajectory: indices of the pre-spike minimum, the peak and the end.
+
+    ``end`` is the first index after the peak where the loss is below peak / rise; ``complete``
+    is False when the trajectory ended (or stopped being finite) before that.
+    """
+
+    start: int
+    peak: int
+    end: int
+    height: float  # loss[peak] / loss[start]
+    complete: bool
+
+
+def detect_spikes(losses, rise: float = 2.0, floor: float = 0.0) -> list[Spike]:
+    """Spikes of a 1-D loss trajectory (T,).
+
+    A spike starts when loss[t] > rise * m and loss[t] > floor, where m is the running minimum
+    of the loss since the end of the previous spike (its index is the spike's ``start``); it
+    peaks at the largest loss before it ends; it ends at the first t after the peak with
+    loss[t] < peak / rise, and the running minimum restarts there. ``floor`` (absolute) keeps
+    the relative jitter of a loss near zero from counting as a spike. A non-finite loss ends
+    the scan (a diverged run's last spike is ``complete=False``).
+    """
+    losses = np.asarray(losses, dtype=float)
+    if losses.ndim != 1:
+        raise ValueError(f"losses has shape {losses.shape}; expected one trajectory (T,)")
+    if not rise > 1:
+        raise ValueError(f"rise={rise} must be > 1 (a factor above the running minimum)")
+    spikes: list[Spike] = []
+    m, i_m = np.inf, 0
+    in_spike, peak = False, 0
+    for t, value in enumerate(losses):
+        if not np.isfinite(value):
+            if in_spike:
+                spikes.append(Spike(i_m, peak, t, float(losses[peak] / losses[i_m]), False))
+            return spikes
+        if in_spike:
+            if value > losses[peak]:
+                peak = t
+            elif value < losses[peak] / rise:
+                spikes.append(Spike(i_m, peak, t, float(losses[peak] / losses[i_m]), True))
+                in_spike, m, i_m = False, value, t
+            continue
+        if value < m:
+            m, i_m = value, t
+        elif value > rise * m and value > floor:
+            in_spike, peak = True, t
+    if in_spike:
+        spikes.append(Spike(i_m, peak, len(losses) - 1, float(losses[peak] / losses[i_m]), False))
+    return spikes
+
+
+def count_spikes(losses, rise: float = 2.0, floor=0.0, complete_only: bool = True) -> np.ndarray:
+    """Number of spikes of each trajectory in ``losses`` (..., T) -> integer array (...).
+
+    floor: a scalar, or an array broadcastable to the leading shape (...) (one floor per
+    trajectory, e.g. each run's initial loss).
+    """
+    losses = np.asarray(losses, dtype=float)
+    lead = losses.shape[:-1]
+    flat = losses.reshape(-1, losses.shape[-1])
+    floors = np.broadcast_to(np.asarray(floor, dtype=float), lead).reshape(-1)
+    counts = [
+        sum(1 for s in detect_spikes(row, rise, fl) if s.complete or not complete_only)
+        for row, fl in zip(flat, floors)
+    ]
+    return np.asarray(counts, dtype=int).reshape(lead)
+
+
+def return_index(losses, spike: Spike) -> int | None:
+    """First index after ``spike.peak`` where the loss is back at or below loss[spike.start], else None.
+
+    Comparing a quantity at ``spike.start`` and at this index compares two points of the same
+    run at the same training loss: what changed is due to the excursion, not to more fitting.
+    """
+    losses = np.asarray(losses, dtype=float)
+    after = np.nonzero(losses[spike.peak:] <= losses[spike.start])[0]
+    return None if after.size == 0 else int(spike.peak + after[0])
+
+
+@dataclass(frozen=True)
+class SpikeStats:
+    """Per-spike measurements over a batch of trajectories (one entry per complete spike).
+
+    run: index of the trajectory along the leading axis; start, peak, end: as in ``Spike``;
+    height: loss[peak] / loss[start]; top_fraction: top_loss / probe_loss at the peak (the share
+    of the probe loss in the top kernel eigenspace); kernel_ratio: ntk_top[end] / ntk_top[start];
+    metric_gain: metric[return] - metric[start] at equal training loss (``return_index``; NaN if
+    the loss never came back).
+    """
+
+    run: np.ndarray
+    start: np.ndarray
+    peak: np.ndarray
+    end: np.ndarray
+    height: np.ndarray
+    top_fraction: np.ndarray
+    kernel_ratio: np.ndarray
+    metric_gain: np.ndarray
+
+
+def spike_statistics(trace, rise: float = 5.0, floor=None, metric=None) -> SpikeStats:
+    """Detect the complete spikes of every ``trace.train_loss`` row (S, T+1) and measure each.
+
+    trace: an ``SGDTrace`` with a leading run axis (from ``sgd_trajectories``). floor: as in
+    ``detect_spikes``; default (None) each run's initial training loss, so only excursions above
+    the starting loss count. metric: optional (S, T+1) array (e.g. the AGOP alignment) whose
+    loss-matched change across each spike is reported.
+    """
+    loss = np.asarray(trace.train_loss, dtype=float)
+    if loss.ndim != 2:
+        raise ValueError(f"trace.train_loss has shape {loss.shape}; expected (S, T+1) (use sgd_trajectories)")
+    floors = loss[:, 0] if floor is None else np.broadcast_to(np.asarray(floor, dtype=float), loss.shape[:1])
+    top = np.asarray(trace.top_loss, dtype=float) / np.asarray(trace.probe_loss, dtype=float)
+    ntk = np.asarray(trace.ntk_top, dtype=float)
+    metric = None if metric is None else np.asarray(metric, dtype=float)
+    rows = []
+    for i, (row, fl) in enumerate(zip(loss, floors)):
+        for sp in detect_spikes(row, rise, fl):
+            if not sp.complete:
+                continue
+            ret = return_index(row, sp)
+            gain = np.nan if (metric is None or ret is None) else metric[i, ret] - metric[i, sp.start]
+            rows.append((i, sp.start, sp.peak, sp.end, sp.height, top[i, sp.peak], ntk[i, sp.end] / ntk[i, sp.start], gain))
+    cols = list(zip(*rows)) if rows else [()] * 8
+    ints = [np.asarray(c, dtype=int) for c in cols[:4]]
+    floats = [np.asarray(c, dtype=float) for c in cols[4:]]
+    return SpikeStats(*ints, *floats)
+
+
+# ---------------------------------------------------------- the top of the tangent kernel
+def top_eigs_subspace(kernel, v0, num_iters: int = 20):
+    """Top-k eigenpairs of a symmetric PSD matrix (n, n) by subspace iteration from v0 (n, k).
+
+    Returns (eigvals (k,) descending, eigvecs (n, k)). Converges like (mu_{k+1}/mu_k)^iters; a
+    warm start (the previous step's eigenvectors along a trajectory) needs only a few
+    iterations. Much cheaper than a full ``eigh`` when k << n.
+    """
+    if v0.ndim != 2 or v0.shape[0] != kernel.shape[0]:
+        raise ValueError(f"v0 has shape {v0.shape}; expected ({kernel.shape[0]}, k)")
+
+    def body(_, v):
+        return jnp.linalg.qr(kernel @ v)[0]
+
+    v = jax.lax.fori_loop(0, num_iters, body, jnp.linalg.qr(v0)[0])
+    small = v.T @ kernel @ v  # Rayleigh-Ritz in span(v)
+    evals, rot = jnp.linalg.eigh((small + small.T) / 2)
+    return evals[::-1], (v @ rot)[:, ::-1]
+
+
+def projected_loss(residual, eigvecs):
+    """Half-MSE of the residual r (n,) or (n, 1) restricted to span(eigvecs (n, k)): |U^T r|^2 / (2n)."""
+    residual = jnp.asarray(residual).reshape(-1)
+    if eigvecs.shape[0] != residual.shape[0]:
+        raise ValueError(f"eigvecs has {eigvecs.shape[0]} rows but the residual has {residual.shape[0]} entries")
+    coeffs = eigvecs.T @ residual
+    return jnp.sum(coeffs**2) / (2 * residual.shape[0])
+
+
+def mlp_ntk_fn(widths, activation="relu", parameterization: str = "ntk", sigma_w: float = 1.0,
+               sigma_b: float = 0.0, *, use_bias: bool = True):
+    """kernel_fn(params, x) -> (n, n): the empirical NTK of ``MLP(widths, ...)`` by ``ntk_mlp_layerwise``.
+
+    For ``sgd_trajectory``'s ``kernel_fn`` with params from ``init_mlp_ensemble`` (same settings);
+    equals ``ntk_jacobian`` to rounding at a fraction of its cost.
+    """
+    template = nnx.eval_shape(lambda: MLP(widths, activation, parameterization, sigma_w, sigma_b,
+                                          use_bias=use_bias, rngs=nnx.Rngs(0)))
+    return lambda params, x: ntk_mlp_layerwise(template, x, params=params)
+
+
+def kernel_mean_diag(kernel):
+    """(c, delta) of a kernel Gram matrix (n, n): c the mean off-diagonal entry, c + delta the mean diagonal.
+
+    The model K ~ c 1 1^T + delta I of ``overparam.derivations.agop.batch_kernel_top``.
+    """
+    kernel = np.asarray(kernel, dtype=float)
+    n = kernel.shape[0]
+    if kernel.ndim != 2 or kernel.shape[1] != n or n < 2:
+        raise ValueError(f"kernel has shape {kernel.shape}; expected a square (n, n) matrix with n >= 2")
+    diag = np.trace(kernel) / n
+    off = (kernel.sum() - np.trace(kernel)) / (n * (n - 1))
+    return float(off), float(diag - off)
+
+
+def batch_critical_lrs(kernel, batch_size: int, key, num_batches: int = 64) -> np.ndarray:
+    """2 b / mu_max(K_BB) for ``num_batches`` random batches B of b points: (num_batches,).
+
+    kernel: the (N, N) NTK Gram matrix of the training set; each batch kernel K_BB is its
+    submatrix on b indices drawn without replacement (from ``key``). The GD step on that batch's
+    half-MSE is unstable along its top eigenvector iff lr exceeds this value. Eigenvalues by
+    NumPy (no compilation per batch size).
+    """
+    kernel = np.asarray(kernel, dtype=float)
+    n = kernel.shape[0]
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and N={n}")
+    idx = np.asarray(jnp.argsort(jax.random.uniform(key, (num_batches, n)), axis=1))[:, :batch_size]
+    sub = kernel[idx[:, :, None], idx[:, None, :]]  # (num_batches, b, b)
+    return 2.0 * batch_size / np.linalg.eigvalsh(sub)[:, -1]
+
+
+# ------------------------------------------------------------------------ SGD trajectory
+@partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params", "train_loss", "batch_loss", "batch_top_before", "batch_top_after", "ntk_top",
+                 "probe_loss", "top_loss", "metrics"],
+    meta_fields=[],
+)
+@dataclass(frozen=True)
+class SGDTrace:
+    """What ``sgd_trajectory`` records; per-step entries indexed by t = 0..T (before update t+1).
+
+    params: final parameters. train_loss (T+1,): half-MSE on the whole training set.
+    batch_loss (T,): the minibatch loss each update was computed from.
+    batch_top_before, batch_top_after (T,): mu_max(K(X_{B_t})) / b at params_t and params_{t+1}: the
+    curvature of the update's own batch (the update is unstable iff lr * batch_top_before > 2)
+    and how the update changed it.
+    ntk_top (T+1,): mu_max(K(X_p)) / n_p on the probe set. probe_loss (T+1,), top_loss (T+1,):
+    half-MSE on the probe set and its part in the top-k eigenspace of K(X_p).
+    metrics: pytree of (T+1, ...) from ``observe(params)``. ``jax.vmap`` adds a leading axis.
+    """
+
+    params: object
+    train_loss: jnp.ndarray
+    batch_loss: jnp.ndarray
+    batch_top_before: jnp.ndarray
+    batch_top_after: jnp.ndarray
+    ntk_top: jnp.ndarray
+    probe_loss: jnp.ndarray
+    top_loss: jnp.ndarray
+    metrics: object
+
+
+def sgd_trajectory(apply_fn, params0, x, y, lr, key, batch_size: int, num_steps: int, x_probe, y_probe,
+                   k_top: int = 1, observe: Callable | None = None, kernel_fn: Callable | None = None,
+                   power_iters: int = 8) -> SGDTrace:
+    """Plain SGD on the minibatch half-MSE, recording the kernel's top eigenvalue and projected loss each step.
+
+    params_{t+1} = params_t - lr * grad L_{B_t}(params_t), L_B = ``mse_loss`` on the batch,
+    B_t = ``sgd_batch_indices(key, N, batch_size, t)`` (the order ``train_sgd`` uses for the same
+    key). x (N, d), y (N, d_out); x_probe (n_p, d), y_probe (n_p, d_out) a fixed probe set for
+    the kernel. lr and key are traced (``jax.vmap`` over seeds and learning rates compiles once
+    per shape). One ``lax.scan``; a diverging run goes on with non-finite values (no exception).
+
+    The top-k eigenvectors of K(X_p) are tracked by subspace iteration warm-started from the
+    previous step (``power_iters`` per step; an exact ``eigh`` at t = 0); the batch curvatures
+    by power iteration from the constant vector (the top eigenvector of a ReLU NTK is close to
+    it). kernel_fn(params, x) -> (n, n) defaults to ``ntk_jacobian``; for an ``MLP`` pass
+    ``lambda p, x: ntk_mlp_layerwise(model, x, params=p)`` (same kernel, far cheaper).
+    observe: optional params -> pytree of arrays recorded at every step (e.g. AGOP alignment).
+    """
+    observe = observe if observe is not None else (lambda p: ())
+    kernel_fn = kernel_fn or (lambda p, xx: ntk_jacobian(apply_fn, p, xx))
+    n, n_p = x.shape[0], x_probe.shape[0]
+    if not 1 <= k_top <= n_p:
+        raise ValueError(f"k_top={k_top} must be between 1 and the probe size {n_p}")
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and N={n}")
+
+    def record(params, v):
+        evals, evecs = top_eigs_subspace(kernel_fn(params, x_probe), v, power_iters)
+        r = apply_fn(params, x_probe) - y_probe
+        rec = dict(
+            train_loss=mse_loss(apply_fn(params, x), y),
+            ntk_top=evals[0] / n_p,
+            probe_loss=mse_loss(r, jnp.zeros_like(r)),
+            top_loss=projected_loss(r[:, 0], evecs),
+            metrics=observe(params),
+        )
+        return rec, evecs
+
+    def batch_top(params, xb):
+        ones = jnp.ones((xb.shape[0], 1), xb.dtype)
+        return top_eigs_subspace(kernel_fn(params, xb), ones, power_iters)[0][0] / xb.shape[0]
+
+    def step(carry, t):
+        params, v = carry
+        rec, v = record(params, v)
+        idx = sgd_batch_indices(key, n, batch_size, t)
+        xb, yb = x[idx], y[idx]
+        loss, grads = jax.value_and_grad(lambda p: mse_loss(apply_fn(p, xb), yb))(params)
+        new_params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+        batch = dict(loss=loss, top_before=batch_top(params, xb), top_after=batch_top(new_params, xb))
+        return (new_params, v), (rec, batch)
+
+    v0 = jnp.linalg.eigh(kernel_fn(params0, x_probe))[1][:, ::-1][:, :k_top]
+    (params, v), (recs, batch) = jax.lax.scan(step, (params0, v0), jnp.arange(num_steps))
+    last, _ = record(params, v)
+    recs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, last)
+    return SGDTrace(params=params, batch_loss=batch["loss"], batch_top_before=batch["top_before"],
+                    batch_top_after=batch["top_after"], **recs)
+
+
+def sgd_trajectories(apply_fn, params0, x, y, lr, keys, batch_size: int, num_steps: int, x_probe, y_probe,
+                     k_top: int = 1, observe: Callable | None = None,
+                     kernel_fn: Callable | None = None) -> SGDTrace:
+    """``sgd_trajectory`` for S seeds at once: params0 leaves (S, ...), keys (S,) for the batch order.
+
+    lr: scalar or (S,). Returns an ``SGDTrace`` whose fields have a leading axis S; one compile
+    per call (i.e. per batch size).
+    """
+    num_seeds = jax.tree.leaves(params0)[0].shape[0]
+    lr = jnp.broadcast_to(jnp.asarray(lr, dtype=x.dtype), (num_seeds,))
+
+    def one(p0, eta, k):
+        return sgd_trajectory(apply_fn, p0, x, y, eta, k, batch_size, num_steps, x_probe, y_probe, k_top,
+                              observe, kernel_fn)
+
+    return jax.jit(jax.vmap(one))(params0, lr, keys)

@@ -1,0 +1,153 @@
+"""The catapult module: uv model and exact map, phase classification, learning-rate sweeps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam.experiments import catapult_phase as C
+from overparam.kernels.empirical import ntk_empirical
+from overparam.taylor import linearize
+from overparam.training import max_stable_lr
+
+
+def test_uv_apply_and_kernel_shapes_and_errors():
+    p = C.uv_init(jax.random.key(0), 5)
+    assert p["u"].shape == (5,) and p["v"].shape == (5,)
+    x = jnp.array([[1.0], [2.0]])
+    f = C.uv_apply(p, x)
+    assert f.shape == (2, 1)
+    np.testing.assert_allclose(f[1, 0], 2 * f[0, 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="x has shape"):
+        C.uv_apply(p, jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="m=0"):
+        C.uv_init(jax.random.key(0), 0)
+
+
+def test_uv_map_run_matches_gd_on_the_parameters():
+    # float32 (train_gd): through a catapult (a0 = 3) rounding differences grow, so 40 steps, rtol 1e-3
+    m, xv, yv, a0 = 32, 1.0, 1.0, 3.0
+    p = C.uv_init(jax.random.key(1), m)
+    x, y = jnp.array([[xv]]), jnp.array([[yv]])
+    lam0 = C.uv_kernel(p, x)
+    r0 = C.uv_apply(p, x)[0, 0] - yv
+    losses, lams = C.uv_map_run(r0, lam0, a0 / lam0, xv, yv, float(m), 40)
+    sweep = C.gd_lr_sweep(C.uv_apply, p, x, y, jnp.array([a0 / lam0]), 40, kernel_every=1)
+    np.testing.assert_allclose(sweep.losses[0], losses, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(sweep.kernels[0], lams[:-1], rtol=1e-3)
+    assert sweep.phases()[0] == C.CATAPULT
+    assert np.max(losses) > 2 * losses[0]
+    assert a0 / lam0 * sweep.kernel_final[0] < 2.0
+
+
+def test_uv_map_run_freezes_on_divergence():
+    losses, lams = C.uv_map_run(2.0, 2.0, 3.0, 1.0, 1.0, 10.0, 200)  # a0 = 6: diverges
+    assert losses.shape == (201,) and lams.shape == (201,)
+    assert np.isinf(losses[-1]) and np.isnan(lams[-1])
+    assert C.classify_losses(losses) == C.DIVERGED
+
+
+def test_classify_phase_cases():
+    t = jnp.arange(20.0)
+    mono = jnp.exp(-t)
+    cat = jnp.exp(-t) + 5 * jnp.exp(-((t - 5) ** 2))
+    up = 1 + t
+    nan = mono.at[3].set(jnp.nan)
+    codes = C.classify_losses(jnp.stack([mono, cat, up, nan]))
+    np.testing.assert_array_equal(codes, [C.MONOTONE, C.CATAPULT, C.DIVERGED, C.DIVERGED])
+    # a 5% bump is below the default rise of 10%
+    assert C.classify_losses(mono.at[1].set(1.05)) == C.MONOTONE
+    assert C.classify_losses(mono.at[1].set(1.05), rise=1.01) == C.CATAPULT
+    with pytest.raises(ValueError, match="rise"):
+        C.classify_phase(1.0, 1.0, 1.0, rise=0.5)
+
+
+N_SEEDS = 2000  # shared by the next two tests so that they share one compilation of the sampler
+
+
+def test_uv_initial_state_has_the_distribution_of_uv_init():
+    m = 6
+    r0, lam0, _ = C.uv_initial_state(jax.random.key(2), [m], N_SEEDS, x=1.0, y=0.0)
+    r0, lam0 = np.asarray(r0[0]), np.asarray(lam0[0])
+    params = jax.jit(jax.vmap(lambda k: C.uv_init(k, m)))(jax.random.split(jax.random.key(3), N_SEEDS))
+    x1 = jnp.ones((1, 1))
+    r_ref = np.asarray(jax.vmap(lambda p: C.uv_apply(p, x1)[0, 0])(params))
+    lam_ref = np.asarray(jax.vmap(lambda p: C.uv_kernel(p, x1))(params))
+    # f0 = u.v/sqrt(m): mean 0, var 1; lambda0 = (|u|^2 + |v|^2)/m: mean 2, var 4/m. Means: standard
+    # error of the difference sqrt(2 var/n), allow 5 of them; variances: relative standard error
+    # sqrt((2 + kurtosis excess)/n) < 0.05, allow 4 of them (0.2).
+    for a, b, mean, var in ((r0, r_ref, 0.0, 1.0), (lam0, lam_ref, 2.0, 4.0 / m)):
+        assert abs(a.mean() - b.mean()) < 5 * np.sqrt(2 * var / N_SEEDS)
+        assert abs(a.mean() - mean) < 5 * np.sqrt(var / N_SEEDS)
+        assert a.var() == pytest.approx(var, rel=0.2) and b.var() == pytest.approx(var, rel=0.2)
+    U1, V1, P1 = C.uv_init_invariants(jax.random.key(3), 1)  # m = 1: u, v parallel
+    assert float(P1**2) == pytest.approx(float(U1 * V1), rel=1e-5)
+
+
+def test_uv_phase_sweep_recovers_the_three_regimes_at_large_width():
+    a0s = np.array([1.5, 3.0, 4.5])
+    sw = C.uv_phase_sweep(jax.random.key(0), [2048], a0s, num_seeds=N_SEEDS, num_steps=400)
+    assert sw.phases.shape == (1, N_SEEDS, 3)
+    np.testing.assert_array_equal(sw.phases[0], np.tile([C.MONOTONE, C.CATAPULT, C.DIVERGED], (N_SEEDS, 1)))
+    assert np.all(sw.final_a[0, :, 1] < 2.0)  # catapult ends below the stability edge
+    assert np.all(sw.peak_ratio[0, :, 1] > 1.1)
+    assert C.misclassified_fraction(a0s, sw.phases, window=(0.5, 1.5)) == 0.0
+
+
+def test_misclassified_fraction_and_max_converging_multiple():
+    a0s = np.array([1.7, 2.3, 3.7, 4.3])
+    phases = np.array([[[0, 1, 1, 2], [1, 1, 1, 1]]])
+    np.testing.assert_allclose(C.misclassified_fraction(a0s, phases), [2 / 8])
+    with pytest.raises(ValueError, match="window"):
+        C.misclassified_fraction(np.array([3.0]), phases[..., :1])
+    cs = np.array([0.5, 1.5, 1.0, 2.0])
+    assert C.max_converging_multiple(cs, np.array([0, 2, 1, 1])) == 1.0
+    assert C.max_converging_multiple(cs, np.array([0, 1, 1, 1])) == 2.0
+    assert np.isnan(C.max_converging_multiple(cs, np.array([2, 2, 2, 2])))
+
+
+def test_linear_model_sweep_threshold_and_constant_kernel():
+    key = jax.random.key(4)
+    x = jax.random.normal(key, (6, 3))
+    y = jnp.sin(x[:, :1])
+    w0 = {"w": jax.random.normal(jax.random.fold_in(key, 1), (3, 8)), "v": jax.random.normal(key, (8, 1))}
+
+    def net(p, x):
+        return jnp.tanh(x @ p["w"] / jnp.sqrt(3.0)) @ p["v"] / jnp.sqrt(8.0)
+
+    lin = linearize(net, w0)
+    lam0 = float(C.loss_normalized_kernel(lin, w0, x))
+    # the loss-normalized kernel is 2 / (the training module's stability threshold)
+    assert 2 / lam0 == pytest.approx(float(max_stable_lr(ntk_empirical(net, w0, x))), rel=1e-4)
+    sw = C.gd_lr_sweep(lin, w0, x, y, jnp.array([0.9, 1.1]) * 2 / lam0, 300, kernel_every=150)
+    np.testing.assert_array_equal(sw.phases(), [C.MONOTONE, C.DIVERGED])
+    assert sw.kernels.shape == (2, 2)
+    np.testing.assert_allclose(sw.kernels[0], lam0, rtol=1e-4)  # a linear model's kernel never moves
+    assert np.isnan(sw.kernel_final[1])
+    with pytest.raises(ValueError, match="kernel_every"):
+        C.gd_lr_sweep(lin, w0, x, y, jnp.array([0.1]), 10, kernel_every=3)
+
+
+def test_init_lr_sweep_batches_inits_and_builds_taylor_models():
+    from overparam.models import init_mlp_ensemble
+
+    keys = jax.random.split(jax.random.key(5), 2)
+    apply_fn, params = init_mlp_ensemble(keys, (3, 16, 1), "relu", "ntk", use_bias=False)
+    x = jax.random.normal(jax.random.key(6), (5, 3))
+    y = x[:, :1] * x[:, 1:2]
+    a0s = jnp.array([1.0, 3.0])
+    # order=1 (cheapest to compile) exercises the same path as the NQM: a Taylor model built around
+    # each (traced) init inside the vmapped function
+    sw = C.init_lr_sweep(apply_fn, params, x, y, a0s, 20, order=1, x_test=x, y_test=y)
+    assert sw.losses.shape == (2, 2, 21) and sw.test_loss.shape == (2, 2) and sw.kernels.shape == (2, 2, 0)
+    lam0 = [float(C.loss_normalized_kernel(apply_fn, jax.tree.map(lambda a: a[s], params), x)) for s in range(2)]
+    np.testing.assert_allclose(sw.lam0, lam0, rtol=1e-5)
+    p0 = jax.tree.map(lambda a: a[1], params)
+    single = C.gd_lr_sweep(apply_fn, p0, x, y, a0s / lam0[1], 20, order=1, x_test=x, y_test=y)
+    np.testing.assert_array_equal(single.phases(), [C.MONOTONE, C.DIVERGED])  # linear: a0 = 3 > 2
+    np.testing.assert_allclose(sw.losses[1], single.losses, rtol=1e-4)
+    # on the training set the test loss is the final training loss (for converged runs)
+    ok = np.isfinite(single.losses[:, -1])
+    np.testing.assert_allclose(single.test_loss[ok], single.losses[ok, -1], rtol=1e-4)
+    with pytest.raises(ValueError, match="order"):
+        C.init_lr_sweep(apply_fn, params, x, y, a0s, 20, order=3)

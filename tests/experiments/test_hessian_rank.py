@@ -1,0 +1,125 @@
+"""Hessian parts and ranks: closed form vs autodiff, the rank formulas, ReLU statements."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam.experiments import hessian_rank as hr
+from overparam.curvature import hessian_full
+from overparam.training import full_batch_loss
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):  # ranks and exact identities need float64 (gaps of 1e-10 vs 1e-16)
+        yield
+
+
+def _linear_apply(params, x):
+    out = x
+    for w in params:
+        out = out @ w
+    return out
+
+
+@pytest.mark.parametrize("widths,n,r", [((4, 3, 2), 6, 3), ((5, 4, 3, 2), 7, 4), ((3, 4, 2, 3, 2), 5, 2)])
+def test_closed_form_equals_autodiff(x64, widths, n, r):
+    weights, x, y = hr.random_deep_linear_problem(0, widths, n, r)
+    closed = hr.deep_linear_hessian_parts(weights, x, y)
+    auto = hr.hessian_parts(_linear_apply, [jnp.asarray(w) for w in weights], jnp.asarray(x), jnp.asarray(y))
+    for name in ("outer", "functional", "full"):
+        np.testing.assert_allclose(getattr(closed, name), getattr(auto, name), atol=1e-12)
+
+
+def test_parts_sum_to_loss_hessian(x64):
+    """H_o + H_f equals jax.hessian of the MSE loss, for a non-linear network too."""
+    key = jax.random.key(3)
+    params = [jax.random.normal(k, s) for k, s in zip(jax.random.split(key, 2), [(3, 5), (5, 2)])]
+    x = jax.random.normal(jax.random.key(4), (7, 3))
+    y = jax.random.normal(jax.random.key(5), (7, 2))
+
+    def apply(p, x):
+        return jnp.tanh(x @ p[0]) @ p[1]
+
+    parts = hr.hessian_parts(apply, params, x, y)
+    full = hessian_full(full_batch_loss(apply, x, y), params)  # the library's loss and Hessian
+    np.testing.assert_allclose(parts.full, full, atol=1e-12)
+    assert hr.numerical_rank(parts.functional) > 0
+
+
+def test_functional_part_vanishes_at_interpolation():
+    """A deep linear net fitting y exactly (e = 0) has H_f = 0 and H = H_o."""
+    weights, x, _ = hr.random_deep_linear_problem(1, (4, 3, 2), 6, 4)
+    y = x @ weights[0] @ weights[1]
+    parts = hr.deep_linear_hessian_parts(weights, x, y)
+    assert np.abs(parts.functional).max() < 1e-12
+    assert hr.numerical_rank(parts.full) == hr.deep_linear_rank_formula((4, 3, 2), 4).outer
+
+
+GRID = [(w, n) for w in [(6, 2, 4), (6, 5, 4), (6, 9, 4), (6, 5, 5, 4), (6, 2, 7, 4), (6, 5, 5, 5, 4),
+                         (6, 7, 3, 8, 4), (3, 8, 8, 2), (5, 3, 3, 4)] for n in (3, 12)]
+
+
+@pytest.mark.parametrize("widths,n", GRID)
+def test_rank_formula_matches_numerical_rank(widths, n):
+    """Exact agreement of the three formulas with float64 ranks (bottlenecks included for H_o, H)."""
+    row = hr.deep_linear_rank_check(0, widths, n, min(widths[0], n))
+    assert row["outer"] == row["outer_pred"]
+    assert row["full"] == row["full_pred"]
+    if row["functional_pred"] is not None:
+        assert row["functional"] == row["functional_pred"]
+
+
+def test_functional_formula_domain():
+    """Below the bottleneck condition the functional formula is not claimed (and indeed fails here)."""
+    pred = hr.deep_linear_rank_formula((5, 3, 3, 4), 5)
+    assert pred.functional is None
+    row = hr.deep_linear_rank_check(0, (5, 3, 3, 4), 12, 5)
+    naive = 2 * 4 * 6 - 1 * 4 * 4  # the formula used outside its domain
+    assert row["functional"] != naive
+
+
+def test_rank_is_far_below_param_count_for_wide_deep_nets():
+    pred = [hr.deep_linear_rank_formula((4, m, m, 2), 4) for m in (16, 256, 4096)]
+    ratios = [p.full / p.num_params for p in pred]
+    assert ratios[0] > ratios[1] > ratios[2] and ratios[2] < 0.01
+
+
+def test_numerical_rank_basics():
+    assert hr.numerical_rank(np.zeros((3, 3))) == 0
+    a = np.outer(np.arange(1.0, 5.0), np.ones(3))
+    assert hr.numerical_rank(a) == 1
+    assert hr.numerical_rank(np.diag([1.0, 1e-3, 1e-12])) == 3
+    assert hr.numerical_rank(np.diag([1.0, 1e-3, 1e-12]), rtol=1e-6) == 2
+    with pytest.raises(ValueError, match="matrix"):
+        hr.numerical_rank(np.ones(3))
+    with pytest.raises(ValueError, match="rtol"):
+        hr.numerical_rank(np.eye(2), rtol=-1.0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="widths"):
+        hr.deep_linear_rank_formula((4, 2), 2)
+    with pytest.raises(ValueError, match="r="):
+        hr.deep_linear_rank_formula((4, 3, 2), 5)
+    with pytest.raises(ValueError, match="num_examples"):
+        hr.random_deep_linear_problem(0, (4, 3, 2), 2, 3)
+    w, x, y = hr.random_deep_linear_problem(0, (4, 3, 2), 5, 3)
+    with pytest.raises(ValueError, match="shape"):
+        hr.deep_linear_hessian_parts([w[0], w[0]], x, y)
+    with pytest.raises(ValueError, match="y has shape"):
+        hr.deep_linear_hessian_parts(w, x, y[:, :1])
+
+
+def test_relu_ranks(x64):
+    """One hidden ReLU layer: rank H_f = 2 M s exactly; H_o exceeds the linear formula (>= K min(N, M))."""
+    x = jax.random.normal(jax.random.key(1), (10, 3))
+    y = jax.random.normal(jax.random.key(2), (10, 2))
+    for m in (4, 9):
+        ranks = hr.mlp_hessian_ranks(jax.random.key(0), (3, m, 2), x, y)
+        assert ranks.functional == hr.relu_functional_rank_one_hidden((3, m, 2), 3)
+        assert ranks.outer >= 2 * min(10, m) > hr.deep_linear_rank_formula((3, m, 2), 3).outer
+    linear = hr.mlp_hessian_ranks(jax.random.key(0), (3, 4, 4, 2), x, y, activation="linear")
+    pred = hr.deep_linear_rank_formula((3, 4, 4, 2), 3)
+    assert (linear.outer, linear.functional, linear.full) == (pred.outer, pred.functional, pred.full)

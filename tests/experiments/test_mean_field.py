@@ -1,0 +1,93 @@
+"""Mean-field two-layer networks: the padded student equals the library's mean_field MLP, the
+N-scaled SGD step moves each particle by O(eta) whatever N, runs are reproducible, and the
+discrepancy bookkeeping pairs the right runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam.experiments import mean_field as mf
+from overparam.models import init_mlp_ensemble
+
+D, WIDTH, BATCH = 4, 32, 16  # one padded shape for every test: the compilations are shared
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return mf.make_teacher(jax.random.key(0), D, 2)
+
+
+def test_padded_student_equals_the_unpadded_network():
+    keys = jax.random.split(jax.random.key(1), 2)
+    N, width = 3, WIDTH
+    padded = mf.init_students(keys, D, N, width)
+    x = jax.random.normal(jax.random.key(2), (5, D))
+    apply_pad = mf.student_apply(D, width)
+    # the same live particles in an exact width-N mean_field MLP
+    apply_n, small = init_mlp_ensemble(keys, (D, N, 1), "tanh", "mean_field", use_bias=False)
+    small["layers"][0]["w"][...] = padded["layers"][0]["w"][...][:, :, :N]
+    small["layers"][1]["w"][...] = padded["layers"][1]["w"][...][:, :N, :]
+    p0, s0 = jax.tree.map(lambda a: a[0], padded), jax.tree.map(lambda a: a[0], small)
+    np.testing.assert_allclose(mf.student_output(apply_pad, p0, x, N), apply_n(s0, x), rtol=1e-5, atol=1e-6)
+    assert mf.particles(p0, N).shape == (N, D + 1)
+    assert np.all(mf.particles(p0)[N:] == 0)
+    # f = (1/N) sum_k v_k tanh(w_k . x / sqrt d)
+    P = mf.particles(p0, N)
+    manual = jnp.tanh(x @ P[:, :D].T / jnp.sqrt(D)) @ P[:, D] / N
+    np.testing.assert_allclose(mf.student_output(apply_pad, p0, x, N)[:, 0], manual, rtol=1e-5, atol=1e-6)
+
+
+def _one_step_move(teacher, N, width=WIDTH, eta=0.05):
+    keys = jax.random.split(jax.random.key(3), 1)
+    p0 = jax.tree.map(lambda a: a[0], mf.init_students(keys, D, N, width))
+    p1 = mf.online_sgd(mf.student_apply(D, width), teacher[0], p0, teacher[1], jax.random.key(4), eta, N, 1,
+                       batch_size=BATCH)
+    moved = mf.particles(p1, N) - mf.particles(p0, N)
+    return p0, p1, np.sqrt(np.mean(np.sum(np.asarray(moved) ** 2, axis=1)))
+
+
+def test_mean_field_step_moves_particles_by_order_eta(teacher):
+    small = _one_step_move(teacher, 4)[2]
+    large = _one_step_move(teacher, 32)[2]
+    assert 0.3 < small / large < 3  # independent of N (a plain step lr*grad would differ by 8x)
+    p0, p1, _ = _one_step_move(teacher, 8)
+    assert np.all(mf.particles(p1)[8:] == 0)  # padded slots stay empty
+
+
+def test_online_sgd_learns_and_is_reproducible(teacher):
+    x = jax.random.normal(jax.random.key(5), (256, D))
+    y = teacher[0](teacher[1], x)
+    keys = jax.random.split(jax.random.key(6), 1)
+    N = 24
+    p0 = jax.tree.map(lambda a: a[0], mf.init_students(keys, D, N, WIDTH))
+    apply_fn = mf.student_apply(D, WIDTH)
+    run = lambda k: mf.online_sgd(apply_fn, teacher[0], p0, teacher[1], k, 0.2, N, 200, batch_size=BATCH)
+    p1, p2 = run(jax.random.key(7)), run(jax.random.key(7))
+    risk = lambda p: float(0.5 * jnp.mean((mf.student_output(apply_fn, p, x, N) - y) ** 2))
+    assert risk(p1) < 0.5 * risk(p0)
+    np.testing.assert_array_equal(mf.particles(p1), mf.particles(p2))
+
+
+def test_discrepancy_pairs(teacher):
+    x = jax.random.normal(jax.random.key(8), (64, D))
+    res = mf.discrepancy_experiment(jax.random.key(9), teacher, x, N=8, eta=0.1, horizon=1.0, batch_size=BATCH,
+                                    num_groups=2, width=WIDTH)
+    assert res.num_steps == 10 and res.independent.shape == (4,) and res.risk.shape == (8,)
+    assert np.all(res.same_init > 0) and np.all(res.same_data > 0)
+    # after a single step, runs sharing an init differ only by one minibatch: far closer than two inits
+    zero = mf.discrepancy_experiment(jax.random.key(9), teacher, x, N=8, eta=0.1, horizon=0.1, batch_size=BATCH,
+                                     num_groups=2, width=WIDTH)
+    assert np.all(zero.same_init < zero.same_data)
+
+
+def test_step_size_regimes_and_errors():
+    np.testing.assert_allclose(mf.step_size(0.2, [16, 64], 16, 0.0), [0.2, 0.2])
+    np.testing.assert_allclose(mf.step_size(0.2, [16, 64], 16, 1.0), [0.2, 0.05])
+    assert mf.rms([3.0, 4.0]) == pytest.approx(np.sqrt(12.5))
+    with pytest.raises(ValueError, match="kappa"):
+        mf.step_size(0.2, 16, 16, -1.0)
+    with pytest.raises(ValueError, match="width"):
+        mf.init_students(jax.random.split(jax.random.key(0), 1), D, 8, 4)
+    with pytest.raises(ValueError, match="no step"):
+        mf.discrepancy_experiment(jax.random.key(0), None, jnp.ones((2, D)), 4, 1.0, 0.1, 2, 1)

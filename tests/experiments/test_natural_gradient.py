@@ -1,0 +1,104 @@
+"""Natural gradient: the function-space operators, the updates behind them, and training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from overparam.experiments import natural_gradient as ng
+from overparam.experiments.fisher import output_jacobian
+from overparam.models import MLP, as_function
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):  # operators are compared to 1e-8 with a damping of 1e-10
+        yield
+
+
+def _setup(widths, n, seed=0, activation="relu"):
+    model = MLP(widths, activation, "ntk", use_bias=False, rngs=nnx.Rngs(params=seed))
+    apply_fn, params = as_function(model)
+    x = jax.random.normal(jax.random.key(seed + 1), (n, widths[0]))
+    y = jax.random.normal(jax.random.key(seed + 2), (n, widths[-1]))
+    return model, apply_fn, params, x, y
+
+
+@pytest.mark.parametrize("k,methods", [(1, ng.METHODS), (2, ("ngd", "kfac"))])
+def test_update_realizes_operator(x64, k, methods):
+    """J (F_hat^{-1} grad) = A e: the operator is what the update does to f (K = 2: the K-FAC bookkeeping)."""
+    model, apply_fn, params, x, y = _setup((4, 12, 12, k), 6)
+    e = (apply_fn(params, x) - y).reshape(-1)
+    jac = output_jacobian(apply_fn, params, x)
+    for method in methods:
+        a = ng.function_space_operator(method, apply_fn, params, x, 1e-10, model)
+        direction = ng.update_direction(method, apply_fn, params, x, y, 1e-10, model)
+        pushed = sum(j.reshape(j.shape[0], -1) @ d.reshape(-1)
+                     for j, d in zip(jax.tree.leaves(jac), jax.tree.leaves(direction)))
+        np.testing.assert_allclose(pushed, a @ e, rtol=1e-8, atol=1e-10)
+
+
+def test_exact_and_block_diagonal_are_isotropic(x64):
+    model, apply_fn, params, x, y = _setup((4, 16, 16, 1), 8)
+    a = ng.function_space_operator("ngd", apply_fn, params, x, 1e-12, model)
+    np.testing.assert_allclose(a, np.eye(8), atol=1e-6)
+    bd = ng.function_space_operator("block_diag", apply_fn, params, x, 1e-12, model)
+    np.testing.assert_allclose(bd, 3 * np.eye(8), atol=1e-6)   # three layers, each Gram invertible
+    gd = ng.function_space_operator("gd", apply_fn, params, x, 1e-12, model)
+    assert np.linalg.cond(gd) > 10                               # GD: rates spread over the NTK spectrum
+    np.testing.assert_allclose(ng.isotropy_scale(bd), 3.0, rtol=1e-6)
+
+
+def test_block_diagonal_loses_isotropy_when_a_block_is_too_small(x64):
+    """A 2-unit layer has a rank-deficient Gram on 8 points: that block contributes a projection, not I."""
+    model, apply_fn, params, x, _ = _setup((1, 2, 16, 1), 8)
+    bd = np.asarray(ng.function_space_operator("block_diag", apply_fn, params, x, 1e-12, model))
+    eig = np.linalg.eigvalsh((bd + bd.T) / 2)
+    assert eig.max() - eig.min() > 0.5
+
+
+def test_kfac_operator_structure(x64):
+    """Wide hidden layers (M >= N): A_kfac = I + (L-2) N I + N diag(leverage of x); = (1 + (L-1) N) I if d >= N."""
+    n = 6
+    model, apply_fn, params, x, _ = _setup((3, 24, 24, 1), n)
+    a = np.asarray(ng.kfac_operator(model, params, x, 1e-12))
+    proj = np.asarray(x @ jnp.linalg.solve(x.T @ x, x.T))
+    predicted = (1 + n) * np.eye(n) + n * np.diag(np.diag(proj))
+    np.testing.assert_allclose(a, predicted, atol=1e-6)
+    model, apply_fn, params, x, _ = _setup((8, 24, 24, 1), n)
+    a = np.asarray(ng.kfac_operator(model, params, x, 1e-12))
+    np.testing.assert_allclose(a, (1 + 2 * n) * np.eye(n), atol=1e-6)
+
+
+def test_ngd_on_a_linear_model_is_exact(x64):
+    """For f = x @ w (exactly linear) every mode decays by (1 - lr) per step; GD mode by mode."""
+    model, apply_fn, params, x, y = _setup((10, 1), 6, activation="linear")
+    res = ng.train_preconditioned(model, x, y, "ngd", 0.4, 8, damping=1e-12)
+    assert float(ng.isotropy_deviation(res.residuals, 0.4)) < 1e-6
+    np.testing.assert_allclose(res.losses[-1] / res.losses[0], 0.6**16, rtol=1e-5)
+    theta = ng.function_space_operator("gd", apply_fn, params, x) * 6
+    lam, u = np.linalg.eigh(np.asarray(theta))
+    lr = 1.0 / lam[-1] * 6
+    res = ng.train_preconditioned(model, x, y, "gd", lr, 5)
+    decay = np.asarray(ng.mode_decay(res.residuals, u))
+    np.testing.assert_allclose(decay[5], np.abs(1 - lr * lam / 6) ** 5, rtol=1e-6, atol=1e-12)
+
+
+def test_training_records_and_converges():
+    model, apply_fn, params, x, y = _setup((4, 32, 32, 1), 8)
+    res = ng.train_preconditioned(model, x, y, "block_diag", 0.5 / 3, 10, damping=1e-6)
+    assert res.losses.shape == (11,) and res.residuals.shape == (11, 8, 1)
+    assert res.losses[-1] < 1e-2 * res.losses[0]
+    np.testing.assert_allclose(res.losses[0], 0.5 * jnp.sum((apply_fn(params, x) - y) ** 2) / 8, rtol=1e-5)
+
+
+def test_bad_arguments():
+    model, apply_fn, params, x, y = _setup((4, 8, 1), 4)
+    with pytest.raises(ValueError, match="method"):
+        ng.train_preconditioned(model, x, y, "adam", 0.1, 3)
+    with pytest.raises(ValueError, match="damping"):
+        ng.function_space_operator("ngd", apply_fn, params, x, 0.0)
+    biased = MLP((4, 8, 1), "relu", "ntk", sigma_b=1.0, rngs=nnx.Rngs(params=0))
+    with pytest.raises(ValueError, match="bias-free"):
+        ng.kfac_operator(biased, as_function(biased)[1], x, 1e-6)

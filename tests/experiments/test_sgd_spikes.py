@@ -1,0 +1,126 @@
+"""Tests of overparam.experiments.sgd_spikes: spike detection, kernel top eigenpairs, the SGD trajectory recorder."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam.experiments import sgd_spikes as spikes
+from overparam.models import init_mlp_ensemble
+from overparam.kernels.empirical import ntk_jacobian
+from overparam.training import mse_loss, sgd_batch_indices, train_sgd, batch_loss
+
+
+def test_detect_spikes_basic():
+    loss = np.array([1.0, 0.5, 0.4, 0.3, 3.0, 9.0, 4.0, 1.0, 0.2, 0.25, 0.2])
+    (sp,) = spikes.detect_spikes(loss, rise=5.0)
+    assert (sp.start, sp.peak, sp.end, sp.complete) == (3, 5, 7, True)
+    assert sp.height == pytest.approx(30.0)
+    assert spikes.return_index(loss, sp) == 8
+    # jitter below the floor is not a spike; a bigger rise factor misses it too
+    assert spikes.detect_spikes(loss, rise=5.0, floor=10.0) == []
+    assert spikes.detect_spikes(loss, rise=40.0) == []
+
+
+def test_detect_spikes_incomplete_and_nonfinite():
+    loss = np.array([1.0, 0.1, 5.0, 6.0])
+    (sp,) = spikes.detect_spikes(loss, rise=2.0)
+    assert not sp.complete and sp.peak == 3
+    (sp2,) = spikes.detect_spikes(np.array([1.0, 0.1, 5.0, np.inf, 0.01]), rise=2.0)
+    assert not sp2.complete
+    assert spikes.count_spikes(np.stack([loss, loss]), 2.0).tolist() == [0, 0]
+    assert spikes.count_spikes(np.stack([loss, loss]), 2.0, complete_only=False).tolist() == [1, 1]
+    with pytest.raises(ValueError, match="rise=1.0"):
+        spikes.detect_spikes(loss, rise=1.0)
+    with pytest.raises(ValueError, match="one trajectory"):
+        spikes.detect_spikes(np.ones((2, 3)))
+
+
+def test_two_spikes_and_per_trajectory_floor():
+    loss = np.array([1.0, 0.1, 1.0, 0.05, 0.04, 0.5, 0.03])
+    assert len(spikes.detect_spikes(loss, rise=5.0)) == 2
+    counts = spikes.count_spikes(np.stack([loss, loss]), 5.0, floor=np.array([0.0, 0.8]))
+    assert counts.tolist() == [2, 1]
+
+
+def test_top_eigs_subspace_and_projection():
+    a = jax.random.normal(jax.random.key(0), (30, 30))
+    k = a @ a.T / 30 + 3 * jnp.diag(jnp.arange(30.0) == 0) + 2 * jnp.diag(jnp.arange(30.0) == 1)
+    top = jax.jit(spikes.top_eigs_subspace, static_argnums=2)
+    evals, evecs = top(k, jax.random.normal(jax.random.key(1), (30, 2)), 60)
+    ref_vals, ref_vecs = np.linalg.eigh(np.asarray(k))
+    np.testing.assert_allclose(evals, ref_vals[::-1][:2], rtol=1e-4)
+    assert abs(float(evecs[:, 0] @ ref_vecs[:, -1])) == pytest.approx(1.0, abs=1e-4)
+    r = jax.random.normal(jax.random.key(2), (30,))
+    full = spikes.projected_loss(r, jnp.asarray(ref_vecs))
+    assert float(full) == pytest.approx(float(jnp.sum(r**2) / 60), rel=1e-5)
+    with pytest.raises(ValueError, match="rows"):
+        spikes.projected_loss(r, jnp.ones((29, 1)))
+
+
+def test_kernel_mean_diag_and_batch_thresholds():
+    c, delta, n = 0.2, 0.8, 40
+    k = c * np.ones((n, n)) + delta * np.eye(n)
+    assert spikes.kernel_mean_diag(k) == pytest.approx((c, delta))
+    lrs = spikes.batch_critical_lrs(k, 8, jax.random.key(0), 5)
+    np.testing.assert_allclose(lrs, 2 / (c + delta / 8), rtol=1e-10)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        spikes.batch_critical_lrs(k, 0, jax.random.key(0))
+
+
+def _small_problem(seeds=2):
+    d, n = 3, 16
+    x = jax.random.normal(jax.random.key(5), (n, d))
+    y = x[:, :1] * x[:, 1:2]
+    widths = (d, 32, 1)
+    apply_fn, params = init_mlp_ensemble(jax.random.split(jax.random.key(6), seeds), widths, "relu", "ntk")
+    return x, y, widths, apply_fn, params
+
+
+def test_mlp_ntk_fn_matches_jacobian():
+    x, _, widths, apply_fn, params = _small_problem(1)
+    p = jax.tree.map(lambda a: a[0], params)
+    kernels = jax.jit(lambda q: (spikes.mlp_ntk_fn(widths)(q, x), ntk_jacobian(apply_fn, q, x)))
+    layerwise, reference = kernels(p)
+    np.testing.assert_allclose(layerwise, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_sgd_trajectories_match_train_sgd_kernel_and_survive_divergence():
+    """Seed 0: same batches and updates as overparam.training.train_sgd, and the recorded kernel
+    quantities are right; seed 1 (a huge learning rate) diverges without raising."""
+    x, y, widths, apply_fn, params = _small_problem(2)
+    keys = jax.random.split(jax.random.key(8), 2)
+    lr, steps, b, n_p = 0.5, 6, 4, 8
+    obs = lambda p: dict(norm=sum(jnp.sum(l**2) for l in jax.tree.leaves(p)))
+    tr = spikes.sgd_trajectories(apply_fn, params, x, y, jnp.array([lr, 500.0]), keys, b, steps, x[:n_p], y[:n_p],
+                                 k_top=2, observe=obs, kernel_fn=spikes.mlp_ntk_fn(widths))
+    assert tr.train_loss.shape == (2, steps + 1) and tr.metrics["norm"].shape == (2, steps + 1)
+    p0 = jax.tree.map(lambda a: a[0], params)
+    ref = train_sgd(batch_loss(apply_fn), p0, x, y, b, lr, steps, keys[0])
+    np.testing.assert_allclose(tr.train_loss[0, :-1], ref.losses, rtol=1e-4)
+    np.testing.assert_allclose(tr.train_loss[0, -1], ref.final_loss, rtol=1e-4)
+    np.testing.assert_allclose(tr.batch_loss[0], ref.step_losses, rtol=1e-4)
+    # kernel records at the final params of seed 0 (power iteration vs exact eigh)
+    p_end = jax.tree.map(lambda a: a[0], tr.params)
+    idx = np.asarray(sgd_batch_indices(keys[0], x.shape[0], b, steps - 1))
+    k_probe, k_batch, out = jax.jit(lambda q: (ntk_jacobian(apply_fn, q, x[:n_p]), ntk_jacobian(apply_fn, q, x[idx]),
+                                               apply_fn(q, x[:n_p])))(p_end)
+    vals, vecs = np.linalg.eigh(np.asarray(k_probe))
+    assert float(tr.ntk_top[0, -1]) == pytest.approx(vals[-1] / n_p, rel=1e-3)
+    r = np.asarray(out - y[:n_p])[:, 0]
+    assert float(tr.probe_loss[0, -1]) == pytest.approx(float(np.sum(r**2) / (2 * n_p)), rel=1e-4)
+    assert float(tr.top_loss[0, -1]) == pytest.approx(float(np.sum((vecs[:, -2:].T @ r) ** 2) / (2 * n_p)), rel=1e-2)
+    assert float(tr.batch_top_after[0, -1]) == pytest.approx(np.linalg.eigvalsh(np.asarray(k_batch))[-1] / b, rel=1e-3)
+    # seed 1 blew up but nothing raised
+    assert float(tr.train_loss[1].max()) > 1e3 or not bool(jnp.all(jnp.isfinite(tr.train_loss[1])))
+    stats = spikes.spike_statistics(tr, rise=2.0, metric=tr.metrics["norm"])
+    assert stats.run.shape == stats.top_fraction.shape == stats.metric_gain.shape
+
+
+def test_sgd_trajectory_rejects_bad_sizes():
+    x, y, widths, apply_fn, params = _small_problem(1)
+    p0 = jax.tree.map(lambda a: a[0], params)
+    with pytest.raises(ValueError, match="k_top=0"):
+        spikes.sgd_trajectory(apply_fn, p0, x, y, 0.1, jax.random.key(0), 4, 2, x[:6], y[:6], k_top=0)
+    with pytest.raises(ValueError, match="batch_size=99"):
+        spikes.sgd_trajectory(apply_fn, p0, x, y, 0.1, jax.random.key(0), 99, 2, x[:6], y[:6])

@@ -1,0 +1,50 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+from overparam.experiments import tensorized as tt
+
+
+def test_matvec_matches_full_matrix_and_counts():
+    cores = tt.tt_init(jax.random.key(0), (2, 3, 4), (3, 2, 5), (2, 3))
+    x = jax.random.normal(jax.random.key(1), (7, 24))
+    w = tt.tt_full_matrix(cores)
+    assert w.shape == (24, 30)
+    assert jnp.allclose(tt.tt_matvec(cores, x), x @ w, atol=1e-5)
+    assert tt.tt_param_count((2, 3, 4), (3, 2, 5), (2, 3)) == 1 * 2 * 3 * 2 + 2 * 3 * 2 * 3 + 3 * 4 * 5 * 1
+    # step k costs (n_<k) r_{k-1} m_k n_k r_k (m_>k)
+    assert tt.tt_macs((2, 3, 4), (3, 2, 5), (2, 3)) == 1 * 2 * 3 * 2 * 12 + 3 * 2 * 3 * 2 * 3 * 4 + 6 * 3 * 4 * 5
+
+
+def test_full_matrix_index_order_single_rank_is_kronecker():
+    a, b = jax.random.normal(jax.random.key(2), (2, 3)), jax.random.normal(jax.random.key(3), (4, 5))
+    cores = [a[None, :, :, None], b[None, :, :, None]]
+    assert jnp.allclose(tt.tt_full_matrix(cores), jnp.kron(a, b), atol=1e-6)
+
+
+def test_dense_is_one_core_and_init_variance():
+    assert tt.tt_macs((64,), (256,), ()) == 64 * 256
+    with jax.enable_x64(True):  # variance estimate over 65k entries: avoid float32 accumulation noise
+        w = tt.tt_full_matrix(tt.tt_init(jax.random.key(4), (4, 4, 4), (4, 8, 8), (4, 4), gain=2.0))
+        assert abs(float(jnp.var(w)) * 64 / 2.0 - 1.0) < 0.25  # products of Gaussians: heavy tails
+
+
+def test_mlp_counts_and_bad_input():
+    p = tt.tt_mlp_init(jax.random.key(0), [(4, 4, 4), (4, 8, 8), (1, 1, 10)], 4)
+    n_params, macs = tt.tt_mlp_counts(p)
+    assert n_params == tt.tt_param_count((4, 4, 4), (4, 8, 8), (4, 4)) + 256 + tt.tt_param_count((4, 8, 8), (1, 1, 10), (4, 4)) + 10
+    assert tt.tt_mlp_apply(p, jnp.ones((3, 64))).shape == (3, 10)
+    with pytest.raises(ValueError, match="ranks"):
+        tt.tt_core_shapes((2, 2), (2, 2), (1, 1))
+    with pytest.raises(ValueError, match="x has shape"):
+        tt.tt_matvec(p[0]["cores"], jnp.ones((3, 63)))
+
+
+def test_train_tt_mlp_fits_and_checks_steps():
+    p = tt.tt_mlp_init(jax.random.key(0), [(2, 2), (2, 4), (1, 3)], 2)
+    x = jax.random.normal(jax.random.key(1), (30, 4))
+    y = jax.nn.one_hot(jnp.argmax(x[:, :3], 1), 3)
+    _, losses = tt.train_tt_mlp(p, x, y, 1e-2, 200)
+    assert losses.shape == (200,) and float(losses[-1]) < 0.5 * float(losses[0])
+    with pytest.raises(ValueError, match="num_steps"):
+        tt.train_tt_mlp(p, x, y, 1e-2, 0)
