@@ -29,7 +29,7 @@ from flax import nnx
 
 from common import fraction_of_peak, gradient_flops, hvp_flops, median_time, print_table, report_machine, weight_count
 from overparam.curvature import hessian_full, hessian_top_eigs
-from overparam.models import MLP, as_function, param_count
+from overparam.models import as_function, MLP, MLPSpec, param_count
 from overparam.training import full_batch_loss
 
 
@@ -49,7 +49,7 @@ def full_hessian_flops(widths, n: int, num_params: int) -> float:
 
 def bench(width: int, n: int, d_in: int, repeats: int, full_limit: int, peak: float) -> list[dict]:
     widths = (d_in, width, 1)
-    model = MLP(widths, "tanh", rngs=nnx.Rngs(0))
+    model = MLPSpec(widths, "tanh").module(0)
     apply_fn, params = as_function(model)
     x = jax.random.normal(jax.random.key(1), (n, d_in))
     y = jnp.sin(x[:, :1])

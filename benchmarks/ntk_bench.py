@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import fraction_of_peak, median_time, print_table, report_machine, weight_count
-from overparam.models import MLP, as_function, param_count
-from overparam.kernels.empirical import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise
+from overparam.models import as_function, MLP, MLPSpec, param_count
+from overparam.kernels.empirical import ntk_jacobian, ntk_layerwise, ntk_vjp_jvp
 
 COLUMNS = [
     ("method", "method", ""), ("width", "width", "d"), ("n", "N", "d"), ("params", "P", "d"),
@@ -69,14 +69,14 @@ def ntk_vjp_jvp_flops(widths, n: int) -> float:
 
 def bench_width(width: int, n: int, d_in: int, repeats: int, peak: float) -> list[dict]:
     widths = (d_in, width, width, 1)
-    model = MLP(widths, "relu", "ntk", sigma_b=0.1, rngs=nnx.Rngs(0))
+    model = MLPSpec(widths, "relu", "ntk", sigma_b=0.1).module(0)
     apply_fn, params = as_function(model)
     p = param_count(params)
     x = jax.random.normal(jax.random.key(1), (n, d_in))
     methods = {
-        "layer-wise": (jax.jit(lambda p, x: ntk_mlp_layerwise(model, x, params=p)), ntk_layerwise_flops(widths, n)),
+        "layer-wise": (jax.jit(lambda p, x: ntk_layerwise(model.spec, p, x)), ntk_layerwise_flops(widths, n)),
         "jacobian": (jax.jit(lambda p, x: ntk_jacobian(apply_fn, p, x)), ntk_jacobian_flops(widths, n, p)),
-        "vjp-generic": (jax.jit(lambda p, x: ntk_empirical(apply_fn, p, x)), ntk_vjp_jvp_flops(widths, n)),
+        "vjp-generic": (jax.jit(lambda p, x: ntk_vjp_jvp(apply_fn, p, x)), ntk_vjp_jvp_flops(widths, n)),
     }
     reference = methods["layer-wise"][0](params, x)
     rows = []

@@ -49,8 +49,8 @@ from flax import nnx
 from common import fraction_of_peak, median_time, print_table, report_machine
 from ntk_bench import ntk_jacobian_flops, ntk_layerwise_flops, ntk_vjp_jvp_flops
 from overparam.kernels.analytic import fc_kernels
-from overparam.models import MLP, as_function, param_count
-from overparam.kernels.empirical import ntk_jacobian, ntk_mlp_layerwise
+from overparam.models import as_function, MLP, MLPSpec, param_count
+from overparam.kernels.empirical import ntk_jacobian, ntk_layerwise
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "_build" / "peers-venv"
@@ -90,7 +90,7 @@ def ensure_venv(fresh: bool) -> tuple[Path | None, str]:
 def write_case(width: int, n: int, d_in: int, peak: float, repeats: int) -> tuple[Path, list[dict], dict]:
     """Save inputs/weights/outputs for nt_side.py and time our methods: (folder, rows, our kernels)."""
     widths = (d_in, width, width, 1)
-    model = MLP(widths, "relu", "ntk", sigma_w=SIGMA_W, sigma_b=SIGMA_B, rngs=nnx.Rngs(0))
+    model = MLPSpec(widths, "relu", "ntk", sigma_w=SIGMA_W, sigma_b=SIGMA_B).module(0)
     apply_fn, params = as_function(model)
     x = jax.random.normal(jax.random.key(1), (n, d_in))
     case = CASES / f"w{width}_n{n}"
@@ -103,7 +103,7 @@ def write_case(width: int, n: int, d_in: int, peak: float, repeats: int) -> tupl
 
     shape = f"w={width} N={n}"
     p = param_count(params)
-    layerwise = jax.jit(lambda p, x: ntk_mlp_layerwise(model, x, params=p))
+    layerwise = jax.jit(lambda p, x: ntk_layerwise(model.spec, p, x))
     jacobian = jax.jit(lambda p, x: ntk_jacobian(apply_fn, p, x))
     analytic = jax.jit(lambda x: fc_kernels(x, None, 3, "relu", SIGMA_W, SIGMA_B))
     kernels = {"ntk": np.asarray(layerwise(params, x)), "jacobian": np.asarray(jacobian(params, x))}

@@ -28,7 +28,7 @@ from flax import nnx
 
 from common import (count_compilations, forward_flops, fraction_of_peak, gradient_flops, median_time, print_table,
                     report_machine)
-from overparam.models import MLP, as_function, init_mlp_ensemble, param_count
+from overparam.models import as_function, MLP, MLPSpec, param_count
 from overparam.training import batch_loss, full_batch_loss, train_gd, train_sgd
 
 
@@ -49,7 +49,7 @@ def make_data(n: int, d_in: int):
 
 def throughput(width: int, args, peak: float) -> list[dict]:
     widths = (args.d_in, width, width, 1)
-    apply_fn, params = as_function(MLP(widths, "relu", "ntk", rngs=nnx.Rngs(0)))
+    apply_fn, params = as_function(MLPSpec(widths, "relu", "ntk").module(0))
     p = param_count(params)
     x_gd, y_gd = make_data(args.n_gd, args.d_in)
     x, y = make_data(args.n_sgd, args.d_in)
@@ -82,7 +82,7 @@ def timed_call(fn, *args):
 
 def sweeps(args, peak: float) -> list[dict]:
     widths = (args.d_in, args.sweep_width, args.sweep_width, 1)
-    apply_fn = as_function(MLP(widths, "relu", "ntk", rngs=nnx.Rngs(0)))[0]
+    apply_fn = as_function(MLPSpec(widths, "relu", "ntk").module(0))[0]
     x_gd, y_gd = make_data(args.n_gd, args.d_in)
     x, y = make_data(args.n_sgd, args.d_in)
     gd_loss, sgd_loss = full_batch_loss(apply_fn, x_gd, y_gd), batch_loss(apply_fn)
@@ -105,7 +105,7 @@ def sweeps(args, peak: float) -> list[dict]:
                                       ("sgd", sgd_grid, sgd_run_flops(widths, args.n_sgd, args.batch, steps))):
         for label, salt, num_lrs in calls:
             keys = jax.random.split(jax.random.key(100 + salt), args.seeds)
-            params0 = init_mlp_ensemble(keys, widths, "relu", "ntk")[1]
+            params0 = MLPSpec(widths, "relu", "ntk").init_ensemble(keys)
             lrs = jnp.geomspace(0.01, 1.0, num_lrs) * (1.0 + 0.01 * salt)
             inputs = (params0, lrs) if name == "gd" else (params0, jax.random.split(keys[0], args.seeds), lrs)
             jax.block_until_ready(inputs)

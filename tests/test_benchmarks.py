@@ -17,8 +17,8 @@ from common import (count_compilations, forward_flops, fraction_of_peak, gradien
 from hessian_bench import lanczos_flops  # noqa: E402
 from ntk_bench import ntk_jacobian_flops, ntk_layerwise_flops, ntk_vjp_jvp_flops  # noqa: E402
 from overparam.curvature import hvp  # noqa: E402
-from overparam.models import MLP, as_function, param_count  # noqa: E402
-from overparam.kernels.empirical import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise  # noqa: E402
+from overparam.models import as_function, MLPSpec, param_count  # noqa: E402
+from overparam.kernels.empirical import ntk_jacobian, ntk_layerwise, ntk_vjp_jvp  # noqa: E402
 from overparam.training import full_batch_loss  # noqa: E402
 from peers_bench import parse_shape  # noqa: E402
 
@@ -27,7 +27,7 @@ WIDTHS, N = (16, 128, 128, 1), 32
 
 @pytest.fixture(scope="module")
 def net():
-    model = MLP(WIDTHS, "relu", "ntk", sigma_b=0.1, rngs=nnx.Rngs(0))
+    model = MLPSpec(WIDTHS, "relu", "ntk", sigma_b=0.1).module(0)
     apply_fn, params = as_function(model)
     x = jax.random.normal(jax.random.key(1), (N, WIDTHS[0]))
     return model, apply_fn, params, x
@@ -49,10 +49,10 @@ def _check(analytic, jitted, *args):
 
 def test_ntk_flop_counts_match_xla(net):
     model, apply_fn, params, x = net
-    _check(ntk_layerwise_flops(WIDTHS, N), jax.jit(lambda p, x: ntk_mlp_layerwise(model, x, params=p)), params, x)
+    _check(ntk_layerwise_flops(WIDTHS, N), jax.jit(lambda p, x: ntk_layerwise(model.spec, p, x)), params, x)
     _check(ntk_jacobian_flops(WIDTHS, N, param_count(params)), jax.jit(lambda p, x: ntk_jacobian(apply_fn, p, x)),
            params, x)
-    _check(ntk_vjp_jvp_flops(WIDTHS, N), jax.jit(lambda p, x: ntk_empirical(apply_fn, p, x)), params, x)
+    _check(ntk_vjp_jvp_flops(WIDTHS, N), jax.jit(lambda p, x: ntk_vjp_jvp(apply_fn, p, x)), params, x)
 
 
 def test_training_and_curvature_flop_counts_match_xla(net):
@@ -61,7 +61,7 @@ def test_training_and_curvature_flop_counts_match_xla(net):
     _check(forward_flops(WIDTHS, N), jax.jit(apply_fn), params, x)
     _check(gradient_flops(WIDTHS, N), jax.jit(jax.grad(loss)), params)
     # hvp_flops is for smooth activations (relu's phi'' = 0 lets XLA drop one product)
-    apply_fn, params = as_function(MLP(WIDTHS, "tanh", "ntk", sigma_b=0.1, rngs=nnx.Rngs(0)))
+    apply_fn, params = as_function(MLPSpec(WIDTHS, "tanh", "ntk", sigma_b=0.1).module(0))
     loss = full_batch_loss(apply_fn, x, jnp.zeros((N, 1)))
     tangent = jax.tree.map(lambda a: 0.5 * a + 1.0, params)  # not params itself: XLA would share the products
     _check(hvp_flops(WIDTHS, N), jax.jit(lambda p, v: hvp(loss, p, v)), params, tangent)

@@ -16,7 +16,7 @@ from overparam.curvature import (
     model_hessian_spectral_norm,
     model_output_fn,
 )
-from overparam.models import MLP, as_function, flatten_params, two_layer
+from overparam.models import as_function, flatten_params, MLPSpec
 
 from _support import normal
 
@@ -29,7 +29,7 @@ def x64():
 
 
 def small_regression():
-    model = MLP((3, 7, 5, 1), "tanh", "ntk", sigma_b=0.3, rngs=nnx.Rngs(0))
+    model = MLPSpec((3, 7, 5, 1), "tanh", "ntk", sigma_b=0.3).module(0)
     apply_fn, params = as_function(model)
     x = normal((12, 3), 1)
     y = jnp.sin(x[:, :1])
@@ -84,7 +84,7 @@ def test_output_hessian_of_two_layer_linear_network():
     # f = v^T W x / sqrt(d m) is bilinear: its Hessian is [[0, B], [B^T, 0]] with
     # B^T B = ||x||^2 / (d m) I, so ||d^2 f / d theta^2|| = ||x|| / sqrt(d m) exactly.
     d, m = 4, 30
-    apply_fn, params = as_function(two_layer(d, m, "linear", rngs=nnx.Rngs(0)))
+    apply_fn, params = as_function(MLPSpec.two_layer(d, m, "linear").module(0))
     x = jnp.array([1.0, -2.0, 0.5, 3.0])
     norm = model_hessian_spectral_norm(apply_fn, params, x, jax.random.key(1), num_iters=20)
     np.testing.assert_allclose(norm, jnp.linalg.norm(x) / np.sqrt(d * m), rtol=1e-8)

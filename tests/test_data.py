@@ -21,7 +21,7 @@ from overparam.data import (
     split_dataset,
     teacher_targets,
 )
-from overparam.models import MLP
+from overparam.models import MLPSpec
 
 
 def test_inputs():
@@ -33,7 +33,7 @@ def test_inputs():
 
 def test_teacher_is_the_documented_network():
     key, x = jax.random.key(1), gaussian_inputs(jax.random.key(2), 7, 3)
-    teacher = MLP((3, 5, 2), "erf", rngs=nnx.Rngs(params=jax.random.split(key)[0]))
+    teacher = MLPSpec((3, 5, 2), "erf").module(jax.random.split(key)[0])
     np.testing.assert_allclose(teacher_targets(key, x, (3, 5, 2), "erf"), teacher(x), rtol=1e-5, atol=1e-6)
     noisy = teacher_targets(key, x, (3, 5, 2), "erf", noise=0.5)
     assert noisy.shape == (7, 2) and 0.1 < float(jnp.std(noisy - teacher(x))) < 1.0

@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from overparam.models import (
-    MLP,
-    as_function,
-    flatten_params,
-    init_mlp_ensemble,
-    init_mlp_params,
-    param_count,
-    two_layer,
-)
+from overparam.models import as_function, flatten_params, MLP, MLPSpec, param_count
 
 from _support import normal
 
@@ -45,7 +37,7 @@ def raw_layers(model):
     [("relu", lambda h: np.maximum(h, 0)), ("tanh", np.tanh), ("quadratic", lambda h: h**2), ("linear", lambda h: h)],
 )
 def test_forward_matches_formulas(parameterization, activation, numpy_fn):
-    model = MLP(WIDTHS, activation, parameterization, sigma_w=1.3, sigma_b=0.4, rngs=nnx.Rngs(0))
+    model = MLPSpec(WIDTHS, activation, parameterization, sigma_w=1.3, sigma_b=0.4).module(0)
     x = normal((6, 3))
     expected = reference_forward(raw_layers(model), x, parameterization, 1.3, 0.4, numpy_fn)
     np.testing.assert_allclose(model(x), expected, rtol=2e-5, atol=2e-5)
@@ -56,24 +48,25 @@ def test_erf_and_callable_activation():
 
     x = normal((4, 3))
     for activation, numpy_fn in [("erf", erf), (jnp.sin, np.sin)]:
-        model = MLP(WIDTHS, activation, rngs=nnx.Rngs(2))
+        model = MLPSpec(WIDTHS, activation).module(2)
         expected = reference_forward(raw_layers(model), x, "ntk", 1.0, 0.0, numpy_fn)
         np.testing.assert_allclose(model(x), expected, rtol=2e-5, atol=2e-5)
 
 
 def test_standard_init_scale():
     # The standard parameterization puts sigma_w / sqrt(n_in) into the weights themselves.
-    model = MLP((400, 300, 1), "relu", "standard", sigma_w=2.0, sigma_b=0.5, rngs=nnx.Rngs(0))
+    model = MLPSpec((400, 300, 1), "relu", "standard", sigma_w=2.0, sigma_b=0.5).module(0)
     assert np.std(model.layers[0].w[...]) == pytest.approx(2.0 / np.sqrt(400), rel=0.02)
     assert np.std(model.layers[0].b[...]) == pytest.approx(0.5, rel=0.15)
-    ntk = MLP((400, 300, 1), "relu", "ntk", sigma_w=2.0, rngs=nnx.Rngs(0))
+    ntk = MLPSpec((400, 300, 1), "relu", "ntk", sigma_w=2.0).module(0)
     assert np.std(ntk.layers[0].w[...]) == pytest.approx(1.0, rel=0.02)
 
 
 def test_linear_network_output_variance():
     # For a linear NTK-parameterized net, Var f(x) = sigma_w^(2L) ||x||^2 / d exactly.
     keys = jax.random.split(jax.random.key(0), 4000)
-    apply_fn, params = init_mlp_ensemble(keys, (4, 16, 1), "linear", "ntk", sigma_w=1.5)
+    apply_fn = MLPSpec((4, 16, 1), "linear", "ntk", sigma_w=1.5)
+    params = apply_fn.init_ensemble(keys)
     x = jnp.array([[1.0, -2.0, 0.5, 3.0]])
     out = jax.vmap(apply_fn, (0, None))(params, x)[:, 0, 0]
     expected = 1.5**4 * float(jnp.sum(x**2)) / 4
@@ -82,7 +75,7 @@ def test_linear_network_output_variance():
 
 def test_two_layer_formula_and_count():
     d, m = 5, 11
-    model = two_layer(d, m, "relu", rngs=nnx.Rngs(3))
+    model = MLPSpec.two_layer(d, m, "relu").module(3)
     apply_fn, params = as_function(model)
     assert param_count(params) == m * (d + 1)
     w, v = model.layers[0].w[...], model.layers[1].w[...]
@@ -92,7 +85,7 @@ def test_two_layer_formula_and_count():
 
 
 def test_as_function_and_param_count():
-    model = MLP(WIDTHS, "tanh", rngs=nnx.Rngs(0))
+    model = MLPSpec(WIDTHS, "tanh").module(0)
     apply_fn, params = as_function(model)
     x = normal((6, 3))
     np.testing.assert_array_equal(apply_fn(params, x), model(x))
@@ -105,7 +98,7 @@ def test_as_function_and_param_count():
 
 
 def test_flatten_roundtrip():
-    _, params = as_function(MLP(WIDTHS, rngs=nnx.Rngs(0)))
+    _, params = as_function(MLPSpec(WIDTHS).module(0))
     vec, unflatten = flatten_params(params)
     assert vec.shape == (param_count(params),)
     for a, b in zip(jax.tree.leaves(unflatten(vec)), jax.tree.leaves(params)):
@@ -114,19 +107,20 @@ def test_flatten_roundtrip():
 
 def test_ensemble_matches_single_models():
     keys = jax.random.split(jax.random.key(7), 3)
-    apply_fn, params = init_mlp_ensemble(keys, WIDTHS, "erf", "standard", 1.1, 0.2)
+    apply_fn = MLPSpec(WIDTHS, "erf", "standard", 1.1, 0.2)
+    params = apply_fn.init_ensemble(keys)
     x = normal((4, 3))
     outs = jax.vmap(apply_fn, (0, None))(params, x)
     for s in range(3):
-        model = MLP(WIDTHS, "erf", "standard", 1.1, 0.2, rngs=nnx.Rngs(params=keys[s]))
+        model = MLPSpec(WIDTHS, "erf", "standard", 1.1, 0.2).module(keys[s])
         np.testing.assert_allclose(outs[s], model(x), rtol=1e-6, atol=1e-6)
-        single = init_mlp_params(keys[s], WIDTHS, "erf", "standard", 1.1, 0.2)
+        single = MLPSpec(WIDTHS, "erf", "standard", 1.1, 0.2).init(keys[s])
         np.testing.assert_allclose(apply_fn(single, x), model(x), rtol=1e-6, atol=1e-6)
     assert not np.allclose(outs[0], outs[1])
 
 
 def test_no_bias():
-    model = MLP(WIDTHS, use_bias=False, rngs=nnx.Rngs(0))
+    model = MLPSpec(WIDTHS, use_bias=False).module(0)
     _, params = as_function(model)
     assert param_count(params) == sum(a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:]))
 
@@ -142,11 +136,52 @@ def test_no_bias():
 def test_bad_arguments(kwargs, words):
     args = dict(widths=WIDTHS) | kwargs
     with pytest.raises(ValueError) as info:
-        MLP(**args, rngs=nnx.Rngs(0))
+        MLPSpec(**args).module(0)
     assert all(w in str(info.value) for w in words)
 
 
 def test_bad_input_shape():
-    model = MLP(WIDTHS, rngs=nnx.Rngs(0))
+    model = MLPSpec(WIDTHS).module(0)
     with pytest.raises(ValueError, match=r"\(6, 4\).*\(N, 3\)"):
         model(jnp.ones((6, 4)))
+
+
+def test_spec_is_a_value_and_its_pure_forward_is_the_module():
+    a, b = MLPSpec(WIDTHS, "tanh", "standard", 1.2, 0.3), MLPSpec(list(WIDTHS), "tanh", "standard", 1.2, 0.3)
+    assert a == b and hash(a) == hash(b) and a != a.replace(sigma_w=1.0)
+    model = a.module(jax.random.key(4))
+    params = a.init(jax.random.key(4))
+    x = normal((5, 3))
+    np.testing.assert_array_equal(a(params, x), model(x))
+    acts, pre = a.trace(params, x)
+    assert [t.shape for t in acts] == [(5, 3), (5, 7), (5, 5)] and [t.shape for t in pre] == [(5, 7), (5, 5), (5, 2)]
+    assert a.num_params == param_count(params) and a.num_layers == 3 and (a.d_in, a.d_out) == (3, 2)
+    # Equal specs share one compilation when passed as a static argument.
+    run = jax.jit(lambda spec, p, x: spec(p, x), static_argnums=0)
+    run(a, params, x)
+    run(b, params, x)
+    assert run._cache_size() == 1
+
+
+@pytest.mark.parametrize("normalization", ["bn_last", "center_last", "bn_middle", "ln_middle"])
+def test_normalizations(normalization):
+    spec = MLPSpec(WIDTHS, "relu", "standard", use_bias=False, normalization=normalization)
+    params = spec.init(jax.random.key(0))
+    x = normal((16, 3))
+    out = np.asarray(spec(params, x))
+    plain = np.asarray(spec.replace(normalization="none")(params, x))
+    if normalization in ("bn_last", "center_last"):
+        np.testing.assert_allclose(out.mean(0), 0, atol=1e-5)
+        expected = plain - plain.mean(0)
+        if normalization == "bn_last":
+            expected = expected / np.sqrt((expected**2).mean(0) + 1e-5)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    else:  # hidden normalization changes the function itself
+        assert not np.allclose(out, plain)
+        hidden = np.asarray(spec.trace(params, x)[0][1])  # the activated, normalized first hidden layer
+        h = np.asarray(spec.trace(params, x)[1][0])
+        axis = 0 if normalization == "bn_middle" else 1
+        z = (h - h.mean(axis, keepdims=True)) / np.sqrt(((h - h.mean(axis, keepdims=True)) ** 2).mean(axis, keepdims=True) + 1e-5)
+        np.testing.assert_allclose(hidden, np.maximum(z, 0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="normalization='batch'"):
+        MLPSpec(WIDTHS, normalization="batch")

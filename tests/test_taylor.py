@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from overparam.models import MLP, as_function, flatten_params, two_layer
+from overparam.models import as_function, flatten_params, MLPSpec
 from overparam.taylor import linearize, quadratize
 
 from _support import normal
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("x64")
 
 
 def setup(activation="tanh", seed=0):
-    model = MLP((3, 6, 5, 1), activation, "ntk", sigma_b=0.3, rngs=nnx.Rngs(seed))
+    model = MLPSpec((3, 6, 5, 1), activation, "ntk", sigma_b=0.3).module(seed)
     apply_fn, params0 = as_function(model)
     vec0, unflatten = flatten_params(params0)
     x = normal((4, 3), 1)
@@ -90,7 +90,7 @@ def test_linear_model_is_affine_and_quadratic_model_is_quadratic():
 
 def test_exact_for_models_of_that_order():
     # A two-layer linear network is bilinear (quadratic) in its parameters: f_quad == f everywhere.
-    apply_fn, params0 = as_function(two_layer(4, 6, "linear", rngs=nnx.Rngs(0)))
+    apply_fn, params0 = as_function(MLPSpec.two_layer(4, 6, "linear").module(0))
     vec0, unflatten = flatten_params(params0)
     params = unflatten(vec0 + normal(vec0.shape, 3))
     x = normal((5, 4), 1)

@@ -6,13 +6,15 @@ import numpy as np
 import optax
 import pytest
 
-from overparam.models import init_mlp_ensemble
+from overparam.models import MLPSpec
 from overparam.training import (
     TrainResult,
     batch_loss,
     full_batch_loss,
     max_stable_lr,
+    minibatches,
     mse_loss,
+    run_loop,
     sgd_batch_indices,
     train_gd,
     train_optax,
@@ -86,7 +88,8 @@ def test_stability_threshold_and_vmap_over_learning_rates():
 
 def test_vmap_over_seeds_matches_single_runs():
     keys = jax.random.split(jax.random.key(3), 3)
-    apply_fn, params0 = init_mlp_ensemble(keys, (D, 8, 1), "tanh")
+    apply_fn = MLPSpec((D, 8, 1), "tanh")
+    params0 = apply_fn.init_ensemble(keys)
     loss = full_batch_loss(apply_fn, X, Y)
     batched = jax.vmap(lambda p: train_gd(loss, p, 0.1, 20, record_every=5))(params0)
     single = train_gd(loss, jax.tree.map(lambda p: p[1], params0), 0.1, 20, record_every=5)
@@ -95,7 +98,7 @@ def test_vmap_over_seeds_matches_single_runs():
 
 
 def test_divergence_freezes_params_without_nan():
-    result = train_gd(LOSS, PARAMS0, 100.0, 30, divergence_threshold=1e4, callback_fn=lambda p: p["w"][:, 0])
+    result = train_gd(LOSS, PARAMS0, 100.0, 30, divergence_threshold=1e4, observe=lambda p: p["w"][:, 0])
     assert result.diverged and 0 < result.diverged_step < 30
     assert np.all(np.isfinite(result.params["w"]))
     t = int(result.diverged_step)
@@ -106,8 +109,8 @@ def test_divergence_freezes_params_without_nan():
 
 
 def test_callback_and_record_every_consistent():
-    every = train_gd(LOSS, PARAMS0, 0.05, 20, callback_fn=lambda p: p["w"].sum())
-    sparse = train_gd(LOSS, PARAMS0, 0.05, 20, record_every=5, callback_fn=lambda p: p["w"].sum())
+    every = train_gd(LOSS, PARAMS0, 0.05, 20, observe=lambda p: p["w"].sum())
+    sparse = train_gd(LOSS, PARAMS0, 0.05, 20, record_every=5, observe=lambda p: p["w"].sum())
     np.testing.assert_allclose(sparse.losses, every.losses[::5], rtol=1e-6)
     np.testing.assert_allclose(sparse.records, every.records[::5], rtol=1e-6)
     np.testing.assert_allclose(every.step_losses, every.losses, rtol=1e-6)
@@ -161,3 +164,96 @@ def test_train_gd_runs_in_float64():
         res = train_gd(lambda w: 0.5 * jnp.sum(w**2), w0, 0.5, 4)
         assert res.params.dtype == jnp.float64
         assert jnp.allclose(res.params, w0 * 0.5**4)
+
+
+def _plain_loop(step, params, num_steps):
+    """Reference for run_loop: a Python loop, one eager step at a time (no scan, no jit)."""
+    out = []
+    for t in range(num_steps):
+        params, rec = step(params, t)
+        out.append(rec)
+    return params, out
+
+
+def test_run_loop_with_data_traced_and_jit_of_new_data_reuses_the_compilation():
+    traces = []
+
+    def loss(params, x, y):
+        traces.append(1)
+        return mse_loss(linear(params, x), y)
+
+    a = train_gd(loss, PARAMS0, 0.05, 10, data=(X, Y))
+    b = train_gd(loss, PARAMS0, 0.05, 10, data=(2 * X, Y))
+    np.testing.assert_allclose(a.losses, train_gd(LOSS, PARAMS0, 0.05, 10).losses, rtol=1e-6)
+    assert not np.allclose(a.losses, b.losses)
+    num_traces = len(traces)
+    train_gd(loss, PARAMS0, 0.05, 10, data=(3 * X, Y))
+    assert len(traces) == num_traces  # same shapes, same static loss: no new trace
+
+
+def test_run_loop_constraint_keys_and_on_step_match_a_plain_loop():
+    # Projected SGD with a per-step random perturbation (the binary-weight networks' pattern):
+    # the step's key comes from batches(data, t), the projection is the constraint.
+    key, lr = jax.random.key(3), 0.2
+
+    def loss(params, x, y, k):
+        noise = 0.1 * jax.random.normal(k, params["w"].shape)
+        return mse_loss(linear({"w": params["w"] + noise}, x), y)
+
+    clip = lambda p: {"w": jnp.clip(p["w"], -1.0, 1.0)}
+    batches = lambda data, t: (data[0], data[1], jax.random.fold_in(key, t))
+    moved = lambda p, q, *batch: jnp.sum(jnp.abs(q["w"] - p["w"]))
+    run = jax.jit(lambda p0, x, y: run_loop(loss, p0, optax.sgd(lr), 6, data=(x, y), batches=batches,
+                                            constraint=clip, on_step=moved))
+    result = run(PARAMS0, X, Y)
+
+    def step(p, t):
+        value, g = jax.value_and_grad(loss)(p, X, Y, jax.random.fold_in(key, t))
+        q = clip({"w": p["w"] - lr * g["w"]})
+        return q, (value, jnp.sum(jnp.abs(q["w"] - p["w"])))
+
+    params, recs = _plain_loop(step, PARAMS0, 6)
+    np.testing.assert_allclose(result.params["w"], params["w"], rtol=1e-6)
+    np.testing.assert_allclose(result.step_losses, [r[0] for r in recs], rtol=1e-6)
+    np.testing.assert_allclose(result.step_records, [r[1] for r in recs], rtol=1e-6)
+    assert float(jnp.max(jnp.abs(result.params["w"]))) <= 1.0
+
+
+def test_run_loop_grad_fn_and_a_stateful_observer():
+    # A preconditioned direction (here: the exact Newton step of the quadratic loss) replaces the gradient.
+    hess = X.T @ X / N
+
+    def newton(params):
+        value, g = jax.value_and_grad(LOSS)(params)
+        return value, {"w": jnp.linalg.solve(hess, g["w"])}
+
+    count = lambda p, state: (state, state + 1)  # records how often it was called, in order
+    result = jax.jit(lambda p0: run_loop(LOSS, p0, optax.sgd(1.0), 4, grad_fn=newton, observe=count,
+                                         observer_state0=jnp.array(0), record_every=2))(PARAMS0)
+    w_star = np.linalg.lstsq(X, Y, rcond=None)[0]
+    np.testing.assert_allclose(result.params["w"], w_star, rtol=1e-3, atol=1e-4)  # one Newton step solves it
+    np.testing.assert_array_equal(result.records, [0, 1])
+    assert int(result.observer_state) == 2
+
+
+def test_run_loop_traced_horizon_and_no_divergence_check():
+    run = jax.jit(lambda p0, n: run_loop(LOSS, p0, optax.sgd(0.05), n, record_every=None))
+    for n in (3, 7):  # one compilation for every horizon
+        expected = train_gd(LOSS, PARAMS0, 0.05, n)
+        got = run(PARAMS0, n)
+        np.testing.assert_allclose(got.params["w"], expected.params["w"], rtol=1e-6)
+        np.testing.assert_allclose(got.final_loss, expected.final_loss, rtol=1e-6)
+    assert run._cache_size() == 1
+    # Without a divergence check an unstable run is recorded as it is, non-finite values included.
+    wild = jax.jit(lambda p0: run_loop(LOSS, p0, optax.sgd(100.0), 40, divergence_threshold=None))(PARAMS0)
+    assert not bool(wild.diverged) and not np.all(np.isfinite(wild.step_losses))
+    with pytest.raises(ValueError, match="record_every=None"):
+        run_loop(LOSS, PARAMS0, optax.sgd(0.1), 3, record_every=None, observe=lambda p: p)
+
+
+def test_minibatches_are_the_sgd_batches():
+    key = jax.random.key(1)
+    xb, yb = minibatches(key, 4)((X, Y), 5)
+    idx = sgd_batch_indices(key, N, 4, 5)
+    np.testing.assert_array_equal(xb, X[idx])
+    np.testing.assert_array_equal(yb, Y[idx])

@@ -162,7 +162,7 @@ def hessian_top_eigs(loss_fn, params, k: int, key, num_iters: int | None = None,
     Lanczos on forward-over-reverse Hessian-vector products; see ``lanczos_top_eigs``.
     Compiled per ``loss_fn`` object and num_iters, with params traced: calls with the same
     ``loss_fn`` (e.g. along a training trajectory) compile once. Also usable inside
-    ``jax.jit``/``vmap`` (e.g. in a training ``callback_fn``).
+    ``jax.jit``/``vmap`` (e.g. in a training loop's ``observe``).
     """
     num_iters = _check_lanczos_args(param_count(params), k, num_iters, which)
     return _select(*_hessian_ritz(loss_fn, params, key, num_iters), k, which)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from overparam.models import init_mlp_params, mlp_apply_fn
+from overparam.models import MLPSpec
 
 # ------------------------------------------------------------------------------------ container
 
@@ -90,17 +90,17 @@ def sphere_inputs(key, n: int, d: int, radius: float | None = None):
 
 
 def teacher_targets(key, x, widths, activation="relu", noise: float = 0.0, parameterization: str = "ntk"):
-    """y (N, d_out) = teacher(x) + noise * N(0, 1): a random ``MLP(widths)`` with sigma_w=1, sigma_b=0.
+    """y (N, d_out) = teacher(x) + noise * N(0, 1): a random ``MLPSpec(widths)`` with sigma_w=1, sigma_b=0.
 
-    widths = (d_in, ..., d_out) with d_in = x.shape[1]. The teacher is the network built by
-    ``init_mlp_params`` from the first of ``jax.random.split(key)``; the noise uses the second.
+    widths = (d_in, ..., d_out) with d_in = x.shape[1]. The teacher is the network initialized
+    by ``spec.init`` from the first of ``jax.random.split(key)``; the noise uses the second.
     """
     x = jnp.asarray(x)
     if x.ndim != 2 or x.shape[1] != widths[0]:
         raise ValueError(f"x has shape {x.shape}; teacher widths={tuple(widths)} expect (N, {widths[0]})")
     teacher_key, noise_key = jax.random.split(key)
-    params = init_mlp_params(teacher_key, widths, activation, parameterization)
-    y = mlp_apply_fn(widths, activation, parameterization)(params, x)
+    teacher = MLPSpec(tuple(widths), activation, parameterization)
+    y = teacher(teacher.init(teacher_key), x)
     return y + noise * jax.random.normal(noise_key, y.shape, y.dtype)
 
 

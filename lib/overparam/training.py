@@ -1,4 +1,4 @@
-r"""Losses and training loops: full-batch GD, minibatch SGD and any optax optimizer, each one ``lax.scan``.
+r"""Losses and the one training loop of the book (a ``lax.scan``), with GD, SGD and optax wrappers.
 
 Loss normalization (every learning-rate threshold in the book is relative to it):
 
@@ -8,8 +8,8 @@ with N = pred.shape[0] examples and K outputs (a sum over outputs, a mean over e
 
 Stability of GD, derived for this loss. For the linearized model f = f0 + J dtheta with J
 (NK, P) and Theta = J J^T (NK, NK; for K = 1 the empirical NTK Gram matrix of
-``overparam.kernels.empirical``, unnormalized: summed over parameters), a GD step with learning rate lr is
-theta <- theta - (lr/N) J^T r, so the residual r = f - y obeys
+``overparam.kernels.empirical``, unnormalized: summed over parameters), a GD step with learning
+rate lr is theta <- theta - (lr/N) J^T r, so the residual r = f - y obeys
 
     r_{t+1} = (I - (lr/N) Theta) r_t.
 
@@ -19,14 +19,32 @@ Hessian of the linear model is H = J^T J / N, whose nonzero eigenvalues are thos
 lr < 2 / lambda_max(H). For K > 1 use the full (NK, NK) Gram matrix with num_examples=N; the
 trace-averaged kernel of ``overparam.kernels.empirical`` equals its blocks when Theta ~ Theta_1 (x) I_K.
 
-Training loops. ``train_gd``, ``train_sgd`` and ``train_optax`` run one jitted ``lax.scan``
-and return a ``TrainResult``. Learning rate, params0, data and key are traced, so
-``jax.vmap`` over learning rates or seeds compiles once; the loss function, optimizer and
-callback are static (hashed by identity: build them once and reuse them). A step t evaluates
-the loss (and gradient) at theta_t and updates to theta_{t+1}. Divergence: if the loss at
-theta_t is non-finite or above ``divergence_threshold``, or theta_{t+1} is non-finite, the
-run is marked ``diverged`` at step t and the parameters stay at theta_t from then on (no NaN
-propagates, nothing raises); losses recorded at steps >= the divergence step are ``inf``.
+The loop. ``run_loop`` is the one training loop: a pure function (no ``jax.jit`` of its own, so
+it traces inside a caller's ``jit``/``vmap``) that runs ``num_steps`` optimizer steps in one
+``lax.scan``. What differs between the book's optimizers is passed in, not re-written:
+
+* the step's batch: ``batches(data, t) -> tuple`` (default: the whole ``data`` tuple). Minibatches,
+  per-step random keys (``fold_in(key, t)``), or samples drawn afresh (online SGD) all go here;
+  ``data`` is a traced argument, never a closed-over constant;
+* the update direction: ``grad_fn(params, *batch) -> (loss, direction)``, default
+  ``jax.value_and_grad(loss_fn)``; a preconditioner (natural gradient) replaces it;
+* the optimizer: any optax ``GradientTransformation`` applied to that direction;
+* a constraint applied after each update: ``constraint(params) -> params`` (e.g. clipping);
+* observations: ``observe(params)`` every ``record_every`` steps (optionally stateful,
+  ``observe(params, state) -> (record, state)``), and ``on_step(params, new_params, *batch)``
+  at every step.
+
+``train_gd``, ``train_optax`` and ``train_sgd`` are jitted wrappers of ``run_loop``. Learning rate,
+params0, data and key are traced, so ``jax.vmap`` over learning rates or seeds compiles once; the
+loss function, optimizer and observer are static (hashed by identity: build them once and reuse
+them, or make them hashable values such as an ``overparam.models.MLPSpec``).
+
+A step t evaluates the loss (and direction) at theta_t and updates to theta_{t+1}. Divergence:
+if the loss at theta_t is non-finite or above ``divergence_threshold``, or theta_{t+1} is
+non-finite, the run is marked ``diverged`` at step t and the parameters stay at theta_t from then
+on (no NaN propagates, nothing raises); losses recorded at steps >= the divergence step are
+``inf``. ``divergence_threshold=None`` switches this off: a diverging run goes on with whatever
+values it produces (non-finite ones included), as a record of the instability itself.
 """
 
 from __future__ import annotations
@@ -96,7 +114,8 @@ def max_stable_lr(ntk_matrix, num_examples: int | None = None):
 
 @partial(
     jax.tree_util.register_dataclass,
-    data_fields=["params", "losses", "steps", "step_losses", "final_loss", "diverged", "diverged_step", "records"],
+    data_fields=["params", "losses", "steps", "step_losses", "final_loss", "diverged", "diverged_step", "records",
+                 "step_records", "observer_state"],
     meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +123,18 @@ class TrainResult:
     """Outcome of a training run (a pytree: batched by ``jax.vmap`` like any output).
 
     params: final parameters (frozen at the divergence step if the run diverged).
-    losses: (R,) full training loss at steps[r], R = num_steps // record_every.
+    losses: (R,) training loss at steps[r], R = num_steps // record_every: ``full_loss`` if given,
+    else the loss the step's update was computed from.
     steps: (R,) step index of each record: 0, record_every, 2 record_every, ... (before that step's update).
     step_losses: (num_steps,) the loss each update was computed from (minibatch loss for SGD).
-    final_loss: () full training loss at the returned params (after num_steps updates).
+    final_loss: () training loss at the returned params (after num_steps updates).
     diverged: () bool; diverged_step: () int32, the first bad step, or -1.
-    records: callback_fn(params) at steps[r], stacked along a leading axis R (None without callback);
+    records: ``observe`` at steps[r], stacked along a leading axis R (None without an observer);
     after a divergence they are evaluated at the frozen params.
+    step_records: ``on_step`` at every step, leading axis num_steps (None without it).
+    observer_state: the final state of a stateful observer (None otherwise).
     Entries of losses / step_losses / final_loss at or after the divergence step are inf.
+    A run with a traced ``num_steps`` (``record_every=None``) has R = 0 and no step losses.
     """
 
     params: Any
@@ -122,6 +145,8 @@ class TrainResult:
     diverged: jax.Array
     diverged_step: jax.Array
     records: Any = None
+    step_records: Any = None
+    observer_state: Any = None
 
 
 # ----------------------------------------------------------------------------------------- loop
@@ -143,41 +168,95 @@ def _num_records(num_steps: int, record_every: int) -> int:
     return num_steps // record_every
 
 
-def _train_loop(step_value_and_grad, full_loss, optimizer, params0, num_steps, record_every, threshold, callback_fn):
-    """Shared scan. step_value_and_grad(params, t) -> (loss, grads); full_loss(params) -> loss."""
-    num_records = _num_records(num_steps, record_every)
+def _full_data(data, t):
+    return data
 
-    def step(carry, t):
+
+def run_loop(
+    loss_fn: Callable, params0, optimizer: optax.GradientTransformation, num_steps, *, data: tuple = (),
+    batches: Callable | None = None, grad_fn: Callable | None = None, constraint: Callable | None = None,
+    full_loss: Callable | None = None, observe: Callable | None = None, observer_state0=None,
+    on_step: Callable | None = None, record_every: int | None = 1, divergence_threshold: float | None = 1e6,
+) -> TrainResult:
+    """The training loop: ``num_steps`` updates of ``optimizer`` in one ``lax.scan`` (see the module docstring).
+
+    loss_fn(params, *batch) -> scalar, batch = ``batches(data, t)`` (a tuple; default ``data``).
+    grad_fn(params, *batch) -> (loss, direction): default ``jax.value_and_grad(loss_fn)``.
+    constraint(params) -> params: applied after every update (a projection, e.g. clipping).
+    full_loss(params, *data) -> scalar: the loss recorded every ``record_every`` steps and at the
+    end (default: the step loss, i.e. ``loss_fn`` on the step's batch).
+    observe(params) -> pytree, recorded with the losses; with ``observer_state0`` given it is
+    ``observe(params, state) -> (record, state)`` and the final state is returned.
+    on_step(params, new_params, *batch) -> pytree, recorded at every step.
+    record_every=None: no records at all, and ``num_steps`` may be a traced integer (a
+    ``fori_loop``; every horizon shares one compilation).
+    Not jitted: call it inside ``jax.jit`` (the wrappers below do).
+    """
+    batches = _full_data if batches is None else batches
+    grad_fn = jax.value_and_grad(loss_fn) if grad_fn is None else grad_fn
+    stateful = observer_state0 is not None
+    check = divergence_threshold is not None
+    threshold = jnp.asarray(jnp.inf if divergence_threshold is None else divergence_threshold)
+
+    def update(carry, t):
         params, opt_state, diverged, diverged_step = carry
-        loss, grads = step_value_and_grad(params, t)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        batch = batches(data, t)
+        loss, direction = grad_fn(params, *batch)
+        updates, new_opt_state = optimizer.update(direction, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        bad = ~jnp.isfinite(loss) | (loss > threshold) | ~_all_finite(new_params)
-        diverged_step = jnp.where(bad & ~diverged, t, diverged_step)
-        diverged = diverged | bad
-        params = _tree_where(diverged, params, new_params)
-        opt_state = _tree_where(diverged, opt_state, new_opt_state)
-        return (params, opt_state, diverged, diverged_step), loss
+        if constraint is not None:
+            new_params = constraint(new_params)
+        step_record = None if on_step is None else on_step(params, new_params, *batch)
+        if check:
+            bad = ~jnp.isfinite(loss) | (loss > threshold) | ~_all_finite(new_params)
+            diverged_step = jnp.where(bad & ~diverged, t, diverged_step)
+            diverged = diverged | bad
+            new_params = _tree_where(diverged, params, new_params)
+            new_opt_state = _tree_where(diverged, opt_state, new_opt_state)
+        return (new_params, new_opt_state, diverged, diverged_step), (loss, step_record)
 
-    def block(carry, t0):
-        params = carry[0]
-        record = None if callback_fn is None else callback_fn(params)
-        block_loss = None if full_loss is None else full_loss(params)
-        carry, step_losses = jax.lax.scan(step, carry, t0 + jnp.arange(record_every, dtype=jnp.int32))
-        block_loss = step_losses[0] if block_loss is None else block_loss
-        return carry, (block_loss, record, step_losses)
+    def observe_at(params, state):
+        if observe is None:
+            return None, state
+        return observe(params, state) if stateful else (observe(params), state)
+
+    def step_loss_at(params, t):
+        return loss_fn(params, *batches(data, t))
 
     carry0 = (params0, optimizer.init(params0), jnp.array(False), jnp.array(-1, jnp.int32))
+
+    if record_every is None:  # no records: a fori_loop whose length may be traced
+        if on_step is not None or observe is not None:
+            raise ValueError("record_every=None records nothing: drop observe / on_step, or give record_every")
+        carry = jax.lax.fori_loop(0, num_steps, lambda t, c: update(c, t)[0], carry0)
+        params, _, diverged, diverged_step = carry
+        final = full_loss(params, *data) if full_loss is not None else step_loss_at(params, num_steps)
+        empty = jnp.zeros((0,), jnp.result_type(final))
+        return TrainResult(params=params, losses=empty, steps=jnp.zeros((0,), jnp.int32), step_losses=empty,
+                           final_loss=jnp.where(diverged, jnp.inf, final), diverged=diverged,
+                           diverged_step=diverged_step)
+
+    num_records = _num_records(num_steps, record_every)
+
+    def block(state, t0):
+        carry, obs_state = state
+        record, obs_state = observe_at(carry[0], obs_state)
+        block_loss = None if full_loss is None else full_loss(carry[0], *data)
+        carry, (step_losses, step_records) = jax.lax.scan(update, carry, t0 + jnp.arange(record_every, dtype=jnp.int32))
+        block_loss = step_losses[0] if block_loss is None else block_loss
+        return (carry, obs_state), (block_loss, record, step_losses, step_records)
+
     steps = record_every * jnp.arange(num_records, dtype=jnp.int32)
-    (params, _, diverged, diverged_step), (losses, records, step_losses) = jax.lax.scan(block, carry0, steps)
+    ((params, _, diverged, diverged_step), obs_state), (losses, records, step_losses, step_records) = jax.lax.scan(
+        block, (carry0, observer_state0), steps)
 
     def after_divergence(t):
         return diverged & (t >= diverged_step)
 
     step_losses = step_losses.reshape(num_steps)
-    if full_loss is None:  # full-batch training: the step loss is the training loss
-        full_loss = lambda p: step_value_and_grad(p, num_steps)[0]
-    final_loss = full_loss(params)
+    if step_records is not None:
+        step_records = jax.tree.map(lambda a: a.reshape(num_steps, *a.shape[2:]), step_records)
+    final_loss = full_loss(params, *data) if full_loss is not None else step_loss_at(params, num_steps)
     return TrainResult(
         params=params,
         losses=jnp.where(after_divergence(steps), jnp.inf, losses),
@@ -187,37 +266,41 @@ def _train_loop(step_value_and_grad, full_loss, optimizer, params0, num_steps, r
         diverged=diverged,
         diverged_step=diverged_step,
         records=records,
+        step_records=step_records,
+        observer_state=obs_state if stateful else None,
     )
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps", "record_every", "callback_fn"))
-def _train_full_batch(loss_fn, params0, lr, threshold, *, optimizer, num_steps, record_every, callback_fn):
+# ------------------------------------------------------------------------------------- wrappers
+
+
+@partial(jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps", "record_every", "observe"))
+def _train_full_batch(loss_fn, params0, data, lr, threshold, *, optimizer, num_steps, record_every, observe):
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
-    value_and_grad = jax.value_and_grad(loss_fn)
-    return _train_loop(
-        lambda p, t: value_and_grad(p), None, optimizer, params0, num_steps, record_every, threshold, callback_fn
-    )
+    return run_loop(loss_fn, params0, optimizer, num_steps, data=data, record_every=record_every,
+                    divergence_threshold=threshold, observe=observe)
 
 
 def train_gd(
     loss_fn: Callable, params0, lr, num_steps: int, record_every: int = 1,
-    divergence_threshold: float = 1e6, callback_fn: Callable | None = None,
+    divergence_threshold: float = 1e6, observe: Callable | None = None, *, data: tuple = (),
 ) -> TrainResult:
-    """Full-batch gradient descent theta <- theta - lr grad loss_fn(theta), as one jitted scan.
+    """Full-batch gradient descent theta <- theta - lr grad loss_fn(theta, *data), as one jitted scan.
 
-    loss_fn: params -> scalar (e.g. ``full_batch_loss(apply_fn, x, y)``); lr may be a traced
-    array (vmap over learning rates compiles once), params0 may be batched under vmap.
-    callback_fn: params -> pytree of arrays, recorded with the losses. See ``TrainResult``.
+    loss_fn: (params, *data) -> scalar: e.g. ``full_batch_loss(apply_fn, x, y)`` with data=(),
+    or ``batch_loss(apply_fn)`` with data=(x, y) (traced: new data reuse the compilation).
+    lr may be a traced array (vmap over learning rates compiles once), params0 may be batched
+    under vmap. observe: params -> pytree of arrays, recorded with the losses. See ``TrainResult``.
     """
     return _train_full_batch(
-        loss_fn, params0, jnp.asarray(lr), jnp.asarray(divergence_threshold), optimizer=None,
-        num_steps=num_steps, record_every=record_every, callback_fn=callback_fn,
+        loss_fn, params0, tuple(data), jnp.asarray(lr), divergence_threshold, optimizer=None,
+        num_steps=num_steps, record_every=record_every, observe=observe,
     )
 
 
 def train_optax(
     loss_fn: Callable, params0, optimizer: optax.GradientTransformation, num_steps: int, record_every: int = 1,
-    divergence_threshold: float = 1e6, callback_fn: Callable | None = None,
+    divergence_threshold: float = 1e6, observe: Callable | None = None, *, data: tuple = (),
 ) -> TrainResult:
     """Full-batch training with any optax ``optimizer`` (static: build it once), as one jitted scan.
 
@@ -225,8 +308,8 @@ def train_optax(
     ``train_optax(loss_fn, p, optax.sgd(lr), ...)``. For minibatches use ``train_sgd(optimizer=...)``.
     """
     return _train_full_batch(
-        loss_fn, params0, None, jnp.asarray(divergence_threshold), optimizer=optimizer,
-        num_steps=num_steps, record_every=record_every, callback_fn=callback_fn,
+        loss_fn, params0, tuple(data), None, divergence_threshold, optimizer=optimizer,
+        num_steps=num_steps, record_every=record_every, observe=observe,
     )
 
 
@@ -244,27 +327,26 @@ def sgd_batch_indices(key, num_examples: int, batch_size: int, step):
     return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
 
 
-@partial(
-    jax.jit,
-    static_argnames=("loss_fn", "optimizer", "batch_size", "num_steps", "record_every", "callback_fn"),
-)
-def _train_minibatch(loss_fn, params0, x, y, lr, key, threshold, *, optimizer, batch_size, num_steps, record_every, callback_fn):
+def minibatches(key, batch_size: int):
+    """``batches(data, t)`` for ``run_loop``: the rows ``sgd_batch_indices(key, N, batch_size, t)`` of every array in data."""
+
+    def batches(data, t):
+        idx = sgd_batch_indices(key, data[0].shape[0], batch_size, t)
+        return tuple(a[idx] for a in data)
+
+    return batches
+
+
+@partial(jax.jit, static_argnames=("loss_fn", "optimizer", "batch_size", "num_steps", "record_every", "observe"))
+def _train_minibatch(loss_fn, params0, x, y, lr, key, threshold, *, optimizer, batch_size, num_steps, record_every, observe):
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
-    value_and_grad = jax.value_and_grad(loss_fn)
-
-    def step_value_and_grad(params, t):
-        idx = sgd_batch_indices(key, x.shape[0], batch_size, t)
-        return value_and_grad(params, x[idx], y[idx])
-
-    return _train_loop(
-        step_value_and_grad, lambda p: loss_fn(p, x, y), optimizer, params0, num_steps, record_every,
-        threshold, callback_fn,
-    )
+    return run_loop(loss_fn, params0, optimizer, num_steps, data=(x, y), batches=minibatches(key, batch_size),
+                    full_loss=loss_fn, observe=observe, record_every=record_every, divergence_threshold=threshold)
 
 
 def train_sgd(
     loss_fn: Callable, params0, x, y, batch_size: int, lr, num_steps: int, key, record_every: int = 1,
-    divergence_threshold: float = 1e6, callback_fn: Callable | None = None,
+    divergence_threshold: float = 1e6, observe: Callable | None = None,
     optimizer: optax.GradientTransformation | None = None,
 ) -> TrainResult:
     """Minibatch SGD (batches from ``sgd_batch_indices``: without replacement within an epoch).
@@ -277,10 +359,12 @@ def train_sgd(
     x, y = jnp.asarray(x), jnp.asarray(y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has shape {x.shape} and y has shape {y.shape}; expected the same number of rows")
+    if not 1 <= batch_size <= x.shape[0]:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and the number of examples {x.shape[0]}")
     if (optimizer is None) == (lr is None):
         raise ValueError(f"give exactly one of lr (plain SGD) and optimizer; got lr={lr!r}, optimizer={optimizer!r}")
     return _train_minibatch(
-        loss_fn, params0, x, y, None if lr is None else jnp.asarray(lr), key, jnp.asarray(divergence_threshold),
+        loss_fn, params0, x, y, None if lr is None else jnp.asarray(lr), key, divergence_threshold,
         optimizer=optimizer, batch_size=batch_size, num_steps=num_steps, record_every=record_every,
-        callback_fn=callback_fn,
+        observe=observe,
     )

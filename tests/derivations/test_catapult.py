@@ -9,7 +9,7 @@ from flax import nnx
 
 from overparam.experiments import catapult_phase as C
 from overparam.derivations import catapult as D
-from overparam.models import as_function, flatten_params, two_layer
+from overparam.models import as_function, flatten_params, MLPSpec
 from overparam.derivations.symbolic import to_numeric
 from overparam.taylor import quadratize
 from overparam.training import max_stable_lr
@@ -134,7 +134,7 @@ def test_taylor_model_is_exact_for_quadratics_and_rejects_bad_order():
 def test_symbolic_nqm_matches_quadratize():
     m_units, d = 2, 2
     f_quad, _, params, params0, xs = D.two_layer_nqm(m_units, d, activation=sp.tanh)
-    apply_fn, p0 = as_function(two_layer(d, m_units, "tanh", rngs=nnx.Rngs(0)))
+    apply_fn, p0 = as_function(MLPSpec.two_layer(d, m_units, "tanh").module(0))
     p0 = jax.tree.map(lambda a: a.astype(jnp.float64), p0)
     vec0, unflatten = flatten_params(p0)
     vec = vec0 + 0.4 * jax.random.normal(jax.random.key(5), vec0.shape, jnp.float64)

@@ -10,7 +10,7 @@ from flax import nnx
 from overparam.experiments import hessian_rank as hr
 from overparam.experiments import natural_gradient as ng
 from overparam.derivations import hessian_fisher as cur
-from overparam.models import MLP, as_function
+from overparam.models import as_function, MLPSpec
 from overparam.derivations.symbolic import to_numeric
 
 
@@ -97,7 +97,7 @@ def test_fisher_slopes():
 def test_mode_factors_match_the_operator(x64):
     gd, ngd, limit, s = cur.mode_factors()
     assert limit == 1 - s["eta"]
-    model = MLP((3, 16, 1), "relu", "ntk", use_bias=False, rngs=nnx.Rngs(params=0))
+    model = MLPSpec((3, 16, 1), "relu", "ntk", use_bias=False).module(0)
     apply_fn, params = as_function(model)
     x = jax.random.normal(jax.random.key(1), (5, 3))
     rho, eta = 0.05, 0.3

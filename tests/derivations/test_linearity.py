@@ -9,8 +9,8 @@ from flax import nnx
 
 from overparam.curvature import hessian_full, model_hessian_spectral_norm, model_output_fn
 from overparam.derivations import linearity as L
-from overparam.models import as_function, flatten_params, two_layer
-from overparam.kernels.empirical import ntk_empirical
+from overparam.models import as_function, flatten_params, MLPSpec
+from overparam.kernels.empirical import ntk_vjp_jvp
 from overparam.derivations.symbolic import to_numeric
 
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("x64")
 
 
 def _net(m, d, activation, seed=0):
-    model = two_layer(d, m, activation, rngs=nnx.Rngs(seed))
+    model = MLPSpec.two_layer(d, m, activation).module(seed)
     apply_fn, params = as_function(model)
     return apply_fn, jax.tree.map(lambda a: a.astype(jnp.float64), params)
 
@@ -60,7 +60,7 @@ def test_expected_gradient_norm_is_ntk_diagonal():
     dim, m = 4, 20000
     x = jnp.array([[1.0, -2.0, 0.5, 0.3]])
     apply_fn, params = _net(m, dim, "relu", seed=3)
-    theta_xx = float(ntk_empirical(apply_fn, params, x)[0, 0])
+    theta_xx = float(ntk_vjp_jvp(apply_fn, params, x)[0, 0])
     predicted = float(expr.subs({xn: float(jnp.linalg.norm(x)), d: dim}))
     # Monte Carlo over m hidden units: relative std about sqrt(Var/m) ~ 2/sqrt(m) = 1.4%; allow 5 sigma
     assert theta_xx == pytest.approx(predicted, rel=0.07)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from overparam.experiments.agop import agop, agop_alignment, agop_from_jacobians, input_gradients, target_agop
-from overparam.models import init_mlp_ensemble
+from overparam.models import MLPSpec
 
 
 def test_agop_of_linear_and_quadratic_functions():
@@ -22,7 +22,8 @@ def test_agop_of_linear_and_quadratic_functions():
 
 
 def test_input_gradients_of_network_match_finite_differences():
-    apply_fn, params = init_mlp_ensemble(jax.random.split(jax.random.key(1), 1), (3, 16, 2), "tanh", "ntk")
+    apply_fn = MLPSpec((3, 16, 2), "tanh", "ntk")
+    params = apply_fn.init_ensemble(jax.random.split(jax.random.key(1), 1))
     p = jax.tree.map(lambda a: a[0], params)
     x = jax.random.normal(jax.random.key(2), (5, 3))
     jac = input_gradients(apply_fn, p, x)

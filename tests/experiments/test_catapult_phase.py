@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from overparam.experiments import catapult_phase as C
-from overparam.kernels.empirical import ntk_empirical
+from overparam.kernels.empirical import ntk_top_eigenvalue, ntk_vjp_jvp
 from overparam.taylor import linearize
 from overparam.training import max_stable_lr
 
@@ -116,9 +116,9 @@ def test_linear_model_sweep_threshold_and_constant_kernel():
         return jnp.tanh(x @ p["w"] / jnp.sqrt(3.0)) @ p["v"] / jnp.sqrt(8.0)
 
     lin = linearize(net, w0)
-    lam0 = float(C.loss_normalized_kernel(lin, w0, x))
+    lam0 = float(ntk_top_eigenvalue(lin, w0, x))
     # the loss-normalized kernel is 2 / (the training module's stability threshold)
-    assert 2 / lam0 == pytest.approx(float(max_stable_lr(ntk_empirical(net, w0, x))), rel=1e-4)
+    assert 2 / lam0 == pytest.approx(float(max_stable_lr(ntk_vjp_jvp(net, w0, x))), rel=1e-4)
     sw = C.gd_lr_sweep(lin, w0, x, y, jnp.array([0.9, 1.1]) * 2 / lam0, 300, kernel_every=150)
     np.testing.assert_array_equal(sw.phases(), [C.MONOTONE, C.DIVERGED])
     assert sw.kernels.shape == (2, 2)
@@ -129,10 +129,11 @@ def test_linear_model_sweep_threshold_and_constant_kernel():
 
 
 def test_init_lr_sweep_batches_inits_and_builds_taylor_models():
-    from overparam.models import init_mlp_ensemble
+    from overparam.models import MLPSpec
 
     keys = jax.random.split(jax.random.key(5), 2)
-    apply_fn, params = init_mlp_ensemble(keys, (3, 16, 1), "relu", "ntk", use_bias=False)
+    apply_fn = MLPSpec((3, 16, 1), "relu", "ntk", use_bias=False)
+    params = apply_fn.init_ensemble(keys)
     x = jax.random.normal(jax.random.key(6), (5, 3))
     y = x[:, :1] * x[:, 1:2]
     a0s = jnp.array([1.0, 3.0])
@@ -140,7 +141,7 @@ def test_init_lr_sweep_batches_inits_and_builds_taylor_models():
     # each (traced) init inside the vmapped function
     sw = C.init_lr_sweep(apply_fn, params, x, y, a0s, 20, order=1, x_test=x, y_test=y)
     assert sw.losses.shape == (2, 2, 21) and sw.test_loss.shape == (2, 2) and sw.kernels.shape == (2, 2, 0)
-    lam0 = [float(C.loss_normalized_kernel(apply_fn, jax.tree.map(lambda a: a[s], params), x)) for s in range(2)]
+    lam0 = [float(ntk_top_eigenvalue(apply_fn, jax.tree.map(lambda a: a[s], params), x)) for s in range(2)]
     np.testing.assert_allclose(sw.lam0, lam0, rtol=1e-5)
     p0 = jax.tree.map(lambda a: a[1], params)
     single = C.gd_lr_sweep(apply_fn, p0, x, y, a0s / lam0[1], 20, order=1, x_test=x, y_test=y)

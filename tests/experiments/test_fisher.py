@@ -10,39 +10,43 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from overparam.experiments import fisher
-from overparam.models import MLP, as_function, init_mlp_params
-from overparam.kernels.empirical import ntk_mlp_layerwise
+from overparam.models import NORMALIZATIONS, batch_standardize, layer_standardize, as_function, MLPSpec
+from overparam.kernels.empirical import ntk_layerwise
 
 NET = (5, 7, 6, 2)
 
 
 @pytest.fixture
 def setup():
-    params = init_mlp_params(jax.random.key(0), NET, "relu", "standard", math.sqrt(2.0), 0.0, use_bias=False)
+    params = MLPSpec(NET, "relu", "standard", math.sqrt(2.0), 0.0, use_bias=False).init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (6, NET[0]))
     return params, x
 
 
 def test_plain_network_is_the_library_mlp(setup):
     params, x = setup
-    model = MLP(NET, "relu", "standard", math.sqrt(2.0), 0.0, use_bias=False, rngs=nnx.Rngs(params=0))
+    model = MLPSpec(NET, "relu", "standard", math.sqrt(2.0), 0.0, use_bias=False).module(0)
     apply_fn, p = as_function(model)
-    np.testing.assert_allclose(fisher.normalized_mlp(NET, "none")(p, x), apply_fn(p, x), atol=1e-6)
+    a = np.asarray(x)
+    for l, layer in enumerate(model.layers):  # standard parameterization: h = a @ w, ReLU between layers
+        a = a @ np.asarray(layer.w[...])
+        a = a if l == len(model.layers) - 1 else np.maximum(a, 0)
+    np.testing.assert_allclose(fisher.normalized_mlp(NET, "none")(p, x), a, rtol=1e-5, atol=1e-5)
     # and the Gram is the library's NTK (trace-averaged over the K outputs there) / N
     gram = fisher.fisher_gram(fisher.normalized_mlp(NET, "none"), p, x)
     k = NET[-1]
     blocks = gram.reshape(6, k, 6, k)
     avg = jnp.einsum("nkmk->nm", blocks) / k
-    np.testing.assert_allclose(avg * 6, ntk_mlp_layerwise(model, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(avg * 6, ntk_layerwise(model.spec, nnx.state(model, nnx.Param), x), rtol=1e-4, atol=1e-4)
 
 
 def test_normalizations_statistics(setup):
     params, x = setup
     h = jax.random.normal(jax.random.key(2), (8, 5)) * 3 + 1
-    b = fisher.batch_standardize(h)
+    b = batch_standardize(h)
     np.testing.assert_allclose(b.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose((b**2).mean(0), 1, atol=1e-4)
-    ln = fisher.layer_standardize(h)
+    ln = layer_standardize(h)
     np.testing.assert_allclose(ln.mean(1), 0, atol=1e-5)
     out = fisher.normalized_mlp(NET, "bn_last")(params, x)
     np.testing.assert_allclose(out.mean(0), 0, atol=1e-5)
@@ -50,7 +54,7 @@ def test_normalizations_statistics(setup):
     np.testing.assert_allclose(out.mean(0), 0, atol=1e-5)
 
 
-@pytest.mark.parametrize("norm", fisher.NORMS)
+@pytest.mark.parametrize("norm", NORMALIZATIONS)
 def test_gram_paths_agree(setup, norm):
     """fisher_setup's shortcut (per-example Jacobian + output map) equals the whole-batch Jacobian."""
     params, x = setup
@@ -88,7 +92,7 @@ def test_dual_gram_spectrum_equals_fisher(setup):
 def test_centering_removes_the_constant_mode(setup):
     params, x = setup
     apply_fn, per_example, output_map = fisher.fisher_setup(NET[:-1] + (1,), "center_last")
-    p1 = init_mlp_params(jax.random.key(0), NET[:-1] + (1,), "relu", "standard", math.sqrt(2.0), 0.0, use_bias=False)
+    p1 = MLPSpec(NET[:-1] + (1,), "relu", "standard", math.sqrt(2.0), 0.0, use_bias=False).init(jax.random.key(0))
     gram = fisher.fisher_gram(apply_fn, p1, x, per_example, output_map)
     np.testing.assert_allclose(gram @ jnp.ones(6), 0, atol=1e-4)
     plain = fisher.fisher_gram(fisher.normalized_mlp(NET[:-1] + (1,), "none"), p1, x)

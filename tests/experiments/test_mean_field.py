@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from overparam.experiments import mean_field as mf
-from overparam.models import init_mlp_ensemble
+from overparam.models import MLPSpec
 
 D, WIDTH, BATCH = 4, 32, 16  # one padded shape for every test: the compilations are shared
 
@@ -25,7 +25,8 @@ def test_padded_student_equals_the_unpadded_network():
     x = jax.random.normal(jax.random.key(2), (5, D))
     apply_pad = mf.student_apply(D, width)
     # the same live particles in an exact width-N mean_field MLP
-    apply_n, small = init_mlp_ensemble(keys, (D, N, 1), "tanh", "mean_field", use_bias=False)
+    apply_n = MLPSpec((D, N, 1), "tanh", "mean_field", use_bias=False)
+    small = apply_n.init_ensemble(keys)
     small["layers"][0]["w"][...] = padded["layers"][0]["w"][...][:, :, :N]
     small["layers"][1]["w"][...] = padded["layers"][1]["w"][...][:, :N, :]
     p0, s0 = jax.tree.map(lambda a: a[0], padded), jax.tree.map(lambda a: a[0], small)

@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from overparam.experiments import natural_gradient as ng
-from overparam.experiments.fisher import output_jacobian
-from overparam.models import MLP, as_function
+from overparam.kernels.empirical import output_jacobian
+from overparam.models import MLPSpec
 
 
 @pytest.fixture
@@ -18,8 +17,8 @@ def x64():
 
 
 def _setup(widths, n, seed=0, activation="relu"):
-    model = MLP(widths, activation, "ntk", use_bias=False, rngs=nnx.Rngs(params=seed))
-    apply_fn, params = as_function(model)
+    model = MLPSpec(widths, activation, "ntk", use_bias=False)
+    apply_fn, params = model, model.init(seed)
     x = jax.random.normal(jax.random.key(seed + 1), (n, widths[0]))
     y = jax.random.normal(jax.random.key(seed + 2), (n, widths[-1]))
     return model, apply_fn, params, x, y
@@ -32,8 +31,8 @@ def test_update_realizes_operator(x64, k, methods):
     e = (apply_fn(params, x) - y).reshape(-1)
     jac = output_jacobian(apply_fn, params, x)
     for method in methods:
-        a = ng.function_space_operator(method, apply_fn, params, x, 1e-10, model)
-        direction = ng.update_direction(method, apply_fn, params, x, y, 1e-10, model)
+        a = ng.function_space_operator(method, apply_fn, params, x, 1e-10)
+        direction = ng.update_direction(method, apply_fn, params, x, y, 1e-10)
         pushed = sum(j.reshape(j.shape[0], -1) @ d.reshape(-1)
                      for j, d in zip(jax.tree.leaves(jac), jax.tree.leaves(direction)))
         np.testing.assert_allclose(pushed, a @ e, rtol=1e-8, atol=1e-10)
@@ -41,11 +40,11 @@ def test_update_realizes_operator(x64, k, methods):
 
 def test_exact_and_block_diagonal_are_isotropic(x64):
     model, apply_fn, params, x, y = _setup((4, 16, 16, 1), 8)
-    a = ng.function_space_operator("ngd", apply_fn, params, x, 1e-12, model)
+    a = ng.function_space_operator("ngd", apply_fn, params, x, 1e-12)
     np.testing.assert_allclose(a, np.eye(8), atol=1e-6)
-    bd = ng.function_space_operator("block_diag", apply_fn, params, x, 1e-12, model)
+    bd = ng.function_space_operator("block_diag", apply_fn, params, x, 1e-12)
     np.testing.assert_allclose(bd, 3 * np.eye(8), atol=1e-6)   # three layers, each Gram invertible
-    gd = ng.function_space_operator("gd", apply_fn, params, x, 1e-12, model)
+    gd = ng.function_space_operator("gd", apply_fn, params, x, 1e-12)
     assert np.linalg.cond(gd) > 10                               # GD: rates spread over the NTK spectrum
     np.testing.assert_allclose(ng.isotropy_scale(bd), 3.0, rtol=1e-6)
 
@@ -53,7 +52,7 @@ def test_exact_and_block_diagonal_are_isotropic(x64):
 def test_block_diagonal_loses_isotropy_when_a_block_is_too_small(x64):
     """A 2-unit layer has a rank-deficient Gram on 8 points: that block contributes a projection, not I."""
     model, apply_fn, params, x, _ = _setup((1, 2, 16, 1), 8)
-    bd = np.asarray(ng.function_space_operator("block_diag", apply_fn, params, x, 1e-12, model))
+    bd = np.asarray(ng.function_space_operator("block_diag", apply_fn, params, x, 1e-12))
     eig = np.linalg.eigvalsh((bd + bd.T) / 2)
     assert eig.max() - eig.min() > 0.5
 
@@ -74,20 +73,20 @@ def test_kfac_operator_structure(x64):
 def test_ngd_on_a_linear_model_is_exact(x64):
     """For f = x @ w (exactly linear) every mode decays by (1 - lr) per step; GD mode by mode."""
     model, apply_fn, params, x, y = _setup((10, 1), 6, activation="linear")
-    res = ng.train_preconditioned(model, x, y, "ngd", 0.4, 8, damping=1e-12)
+    res = ng.train_preconditioned(apply_fn, params, x, y, "ngd", 0.4, 8, damping=1e-12)
     assert float(ng.isotropy_deviation(res.residuals, 0.4)) < 1e-6
     np.testing.assert_allclose(res.losses[-1] / res.losses[0], 0.6**16, rtol=1e-5)
     theta = ng.function_space_operator("gd", apply_fn, params, x) * 6
     lam, u = np.linalg.eigh(np.asarray(theta))
     lr = 1.0 / lam[-1] * 6
-    res = ng.train_preconditioned(model, x, y, "gd", lr, 5)
+    res = ng.train_preconditioned(apply_fn, params, x, y, "gd", lr, 5)
     decay = np.asarray(ng.mode_decay(res.residuals, u))
     np.testing.assert_allclose(decay[5], np.abs(1 - lr * lam / 6) ** 5, rtol=1e-6, atol=1e-12)
 
 
 def test_training_records_and_converges():
     model, apply_fn, params, x, y = _setup((4, 32, 32, 1), 8)
-    res = ng.train_preconditioned(model, x, y, "block_diag", 0.5 / 3, 10, damping=1e-6)
+    res = ng.train_preconditioned(apply_fn, params, x, y, "block_diag", 0.5 / 3, 10, damping=1e-6)
     assert res.losses.shape == (11,) and res.residuals.shape == (11, 8, 1)
     assert res.losses[-1] < 1e-2 * res.losses[0]
     np.testing.assert_allclose(res.losses[0], 0.5 * jnp.sum((apply_fn(params, x) - y) ** 2) / 8, rtol=1e-5)
@@ -96,9 +95,28 @@ def test_training_records_and_converges():
 def test_bad_arguments():
     model, apply_fn, params, x, y = _setup((4, 8, 1), 4)
     with pytest.raises(ValueError, match="method"):
-        ng.train_preconditioned(model, x, y, "adam", 0.1, 3)
+        ng.train_preconditioned(apply_fn, params, x, y, "adam", 0.1, 3)
     with pytest.raises(ValueError, match="damping"):
         ng.function_space_operator("ngd", apply_fn, params, x, 0.0)
-    biased = MLP((4, 8, 1), "relu", "ntk", sigma_b=1.0, rngs=nnx.Rngs(params=0))
+    biased = MLPSpec((4, 8, 1), "relu", "ntk", sigma_b=1.0)
     with pytest.raises(ValueError, match="bias-free"):
-        ng.kfac_operator(biased, as_function(biased)[1], x, 1e-6)
+        ng.kfac_operator(biased, biased.init(0), x, 1e-6)
+    with pytest.raises(ValueError, match="MLPSpec"):
+        ng.function_space_operator("kfac", lambda p, x: x, params, x, 1e-6)
+
+
+@pytest.mark.parametrize("method", ng.METHODS)
+def test_training_is_the_plain_preconditioned_step(method):
+    """train_preconditioned (on training.run_loop) equals theta <- theta - lr * update_direction, step by step."""
+    _, apply_fn, params, x, y = _setup((4, 16, 16, 1), 8)
+    lr, steps = 0.05, 4
+    res = ng.train_preconditioned(apply_fn, params, x, y, method, lr, steps, damping=1e-6)
+    p, residuals = params, []
+    for _ in range(steps):
+        residuals.append(apply_fn(p, x) - y)
+        d = ng.update_direction(method, apply_fn, p, x, y, 1e-6)
+        p = jax.tree.map(lambda a, b: a - lr * b, p, d)
+    residuals.append(apply_fn(p, x) - y)
+    np.testing.assert_allclose(res.residuals, np.stack(residuals), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.losses, [0.5 * float(jnp.sum(r**2)) / 8 for r in residuals], rtol=1e-5)
+    assert res.step_norms.shape == (steps,) and bool(jnp.all(res.step_norms > 0))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from overparam.experiments import sgd_spikes as spikes
-from overparam.models import init_mlp_ensemble
+from overparam.models import MLPSpec
 from overparam.kernels.empirical import ntk_jacobian
 from overparam.training import mse_loss, sgd_batch_indices, train_sgd, batch_loss
 
@@ -73,16 +73,9 @@ def _small_problem(seeds=2):
     x = jax.random.normal(jax.random.key(5), (n, d))
     y = x[:, :1] * x[:, 1:2]
     widths = (d, 32, 1)
-    apply_fn, params = init_mlp_ensemble(jax.random.split(jax.random.key(6), seeds), widths, "relu", "ntk")
+    apply_fn = MLPSpec(widths, "relu", "ntk")
+    params = apply_fn.init_ensemble(jax.random.split(jax.random.key(6), seeds))
     return x, y, widths, apply_fn, params
-
-
-def test_mlp_ntk_fn_matches_jacobian():
-    x, _, widths, apply_fn, params = _small_problem(1)
-    p = jax.tree.map(lambda a: a[0], params)
-    kernels = jax.jit(lambda q: (spikes.mlp_ntk_fn(widths)(q, x), ntk_jacobian(apply_fn, q, x)))
-    layerwise, reference = kernels(p)
-    np.testing.assert_allclose(layerwise, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_sgd_trajectories_match_train_sgd_kernel_and_survive_divergence():
@@ -93,7 +86,7 @@ def test_sgd_trajectories_match_train_sgd_kernel_and_survive_divergence():
     lr, steps, b, n_p = 0.5, 6, 4, 8
     obs = lambda p: dict(norm=sum(jnp.sum(l**2) for l in jax.tree.leaves(p)))
     tr = spikes.sgd_trajectories(apply_fn, params, x, y, jnp.array([lr, 500.0]), keys, b, steps, x[:n_p], y[:n_p],
-                                 k_top=2, observe=obs, kernel_fn=spikes.mlp_ntk_fn(widths))
+                                 k_top=2, observe=obs, kernel_fn=None)
     assert tr.train_loss.shape == (2, steps + 1) and tr.metrics["norm"].shape == (2, steps + 1)
     p0 = jax.tree.map(lambda a: a[0], params)
     ref = train_sgd(batch_loss(apply_fn), p0, x, y, b, lr, steps, keys[0])

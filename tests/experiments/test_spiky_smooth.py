@@ -12,8 +12,8 @@ from flax import nnx
 
 from overparam.experiments import spiky_smooth as act
 from overparam.kernels.analytic import ntk_fc
-from overparam.models import MLP
-from overparam.kernels.empirical import ntk_mlp_layerwise
+from overparam.models import MLP, MLPSpec
+from overparam.kernels.empirical import ntk_layerwise
 from overparam.kernels.spectra import well_spread_points
 
 
@@ -45,9 +45,8 @@ def test_relu_taylor_coefficients_sum_to_the_kernels():
 def _finite_width_ntk(activation, x_aug, width, seed):
     """Empirical NTK of MLP((D, width, 1)), ntk parameterization, no biases, inputs of norm sqrt(D)."""
     dim = x_aug.shape[1]
-    model = MLP((dim, width, 1), activation, "ntk", sigma_w=1.0, sigma_b=0.0, use_bias=False,
-                rngs=nnx.Rngs(params=seed))
-    return np.asarray(ntk_mlp_layerwise(model, jnp.asarray(np.sqrt(dim) * x_aug, jnp.float32)))
+    model = MLPSpec((dim, width, 1), activation, "ntk", sigma_w=1.0, sigma_b=0.0, use_bias=False).module(seed)
+    return np.asarray(ntk_layerwise(model.spec, nnx.state(model, nnx.Param), jnp.asarray(np.sqrt(dim) * x_aug, jnp.float32)))
 
 
 def test_spiky_smooth_ntk_matches_a_wide_network():

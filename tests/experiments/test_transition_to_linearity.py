@@ -7,7 +7,7 @@ import pytest
 
 from overparam.curvature import hessian_full
 from overparam.experiments.transition_to_linearity import hessian_norm_at_init, train_vs_linear
-from overparam.models import init_mlp_ensemble
+from overparam.models import MLPSpec
 
 from _support import normal
 
@@ -17,7 +17,8 @@ def test_hessian_norm_matches_the_dense_hessian():
     widths, keys, xs = (3, 5, 1), jax.random.split(jax.random.key(0), 2), normal((2, 3))
     with jax.enable_x64(True):  # compare to ~1e-6, below float32 Lanczos noise
         norms = hessian_norm_at_init(widths, "tanh", keys, xs, num_iters=20)
-        apply_fn, params = init_mlp_ensemble(keys, widths, "tanh", "ntk", use_bias=False)
+        apply_fn = MLPSpec(widths, "tanh", "ntk", use_bias=False)
+        params = apply_fn.init_ensemble(keys)
         for s in range(2):
             p = jax.tree.map(lambda a: a[s], params)
             for m in range(2):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from overparam.models import MLP, as_function, init_mlp_ensemble, two_layer
-from overparam.kernels.empirical import ntk_empirical, ntk_jacobian, ntk_mlp_layerwise, nngp_empirical, nngp_monte_carlo
+from overparam.models import as_function, MLPSpec
+from overparam.kernels.empirical import nngp_empirical, nngp_monte_carlo, ntk_jacobian, ntk_layerwise, ntk_vjp_jvp
 
 
 # float64 everywhere: The implementations must agree to ~1e-10; in float32 their different summation orders would differ by ~1e-6 and hide real errors.
@@ -27,8 +27,8 @@ def all_three(model, x1, x2):
     def kernels(params, x1, x2):
         return (
             ntk_jacobian(apply_fn, params, x1, x2),
-            ntk_empirical(apply_fn, params, x1, x2),
-            ntk_mlp_layerwise(model, x1, x2, params=params),
+            ntk_vjp_jvp(apply_fn, params, x1, x2),
+            ntk_layerwise(model.spec, params, x1, x2),
         )
 
     return kernels(params, x1, x2)
@@ -46,7 +46,7 @@ CASES = [
 
 @pytest.mark.parametrize("widths, activation, parameterization, sigma_b, use_bias", CASES)
 def test_three_implementations_agree(widths, activation, parameterization, sigma_b, use_bias):
-    model = MLP(widths, activation, parameterization, 1.4, sigma_b, use_bias=use_bias, rngs=nnx.Rngs(0))
+    model = MLPSpec(widths, activation, parameterization, 1.4, sigma_b, use_bias=use_bias).module(0)
     jac, generic, layerwise = all_three(model, *inputs())
     assert jac.shape == (5, 4)
     scale = np.abs(jac).max()
@@ -55,10 +55,10 @@ def test_three_implementations_agree(widths, activation, parameterization, sigma
 
 
 def test_symmetric_psd_and_default_x2():
-    model = MLP((3, 8, 8, 1), jnp.sin, "ntk", sigma_b=1.0, rngs=nnx.Rngs(3))
+    model = MLPSpec((3, 8, 8, 1), jnp.sin, "ntk", sigma_b=1.0).module(3)
     apply_fn, params = as_function(model)
     x = inputs(7)[0]
-    kernel, layerwise = jax.jit(lambda p: (ntk_empirical(apply_fn, p, x), ntk_mlp_layerwise(model, x, params=p)))(params)
+    kernel, layerwise = jax.jit(lambda p: (ntk_vjp_jvp(apply_fn, p, x), ntk_layerwise(model.spec, p, x)))(params)
     np.testing.assert_allclose(kernel, kernel.T, atol=1e-12)
     assert np.linalg.eigvalsh(kernel).min() > -1e-10 * np.abs(kernel).max()
     np.testing.assert_allclose(layerwise, kernel, atol=1e-10)
@@ -67,7 +67,7 @@ def test_symmetric_psd_and_default_x2():
 def test_two_layer_closed_form():
     # Theta(x, x') = (1/m) sum_r [relu(w_r.x/sqrt d) relu(w_r.x'/sqrt d) + v_r^2 1[w_r.x>0] 1[w_r.x'>0] x.x'/d]
     d, m = 3, 9
-    model = two_layer(d, m, "relu", rngs=nnx.Rngs(5))
+    model = MLPSpec.two_layer(d, m, "relu").module(5)
     w, v = np.asarray(model.layers[0].w[...]), np.asarray(model.layers[1].w[...])[:, 0]
     x1, x2 = (np.asarray(x) for x in inputs(d=d))
     h1, h2 = x1 @ w / np.sqrt(d), x2 @ w / np.sqrt(d)
@@ -77,15 +77,15 @@ def test_two_layer_closed_form():
 
 
 def test_per_layer_sum_trained_params_and_batches():
-    model = MLP((3, 6, 5, 2), "quadratic", "standard", sigma_b=0.1, rngs=nnx.Rngs(6))
+    model = MLPSpec((3, 6, 5, 2), "quadratic", "standard", sigma_b=0.1).module(6)
     apply_fn, params = as_function(model)
     moved = jax.tree.map(lambda p: p + 0.3, params)
     x1, x2 = inputs()
 
     @jax.jit
     def kernels(p):
-        layers = ntk_mlp_layerwise(model, x1, x2, params=p, per_layer=True)
-        return layers, ntk_empirical(apply_fn, p, x1, x2, batch_size=3), ntk_mlp_layerwise(model, x1, x2)
+        layers = ntk_layerwise(model.spec, p, x1, x2, per_layer=True)
+        return layers, ntk_vjp_jvp(apply_fn, p, x1, x2, batch_size=3), ntk_layerwise(model.spec, nnx.state(model, nnx.Param), x1, x2)
 
     layers, batched, at_init = kernels(moved)
     assert layers.shape == (3, 5, 4)
@@ -97,7 +97,8 @@ def test_per_layer_sum_trained_params_and_batches():
 def test_nngp_linear_network():
     # A linear NTK-parameterized net has E[f(x) f(x')] = sigma_w^4 x.x'/d exactly.
     keys = jax.random.split(jax.random.key(0), 3000)
-    apply_fn, params = init_mlp_ensemble(keys, (3, 8, 2), "linear", "ntk", sigma_w=1.2)
+    apply_fn = MLPSpec((3, 8, 2), "linear", "ntk", sigma_w=1.2)
+    params = apply_fn.init_ensemble(keys)
     x1, x2 = inputs()
     estimate = jax.jit(lambda p: nngp_monte_carlo(apply_fn, p, x1, x2))(params)
     np.testing.assert_allclose(estimate, 1.2**4 * (x1 @ x2.T) / 3, atol=0.1)

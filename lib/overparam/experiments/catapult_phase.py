@@ -35,8 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from overparam.kernels.empirical import ntk_top_eigenvalue
 from overparam.taylor import linearize, quadratize
 from overparam.training import full_batch_loss, mse_loss, train_gd
 
@@ -270,24 +270,6 @@ def misclassified_fraction(a0s, phases, boundaries=(2.0, 4.0), window=(0.1, 0.5)
 TAYLOR_ORDERS = (None, 1, 2)
 
 
-def loss_normalized_kernel(apply_fn, params, x):
-    """lambda = lambda_max(Theta)/N: top eigenvalue of the (N, N) empirical NTK over N (scalar output).
-
-    The curvature of ``mse_loss`` along the top kernel direction: GD on the linearized model
-    is stable iff lr < 2 / lambda. Theta = J J^T from per-example gradients (memory N * P plus
-    one example's activations), the ``overparam.kernels.empirical`` convention (summed over parameters).
-    """
-    out = jax.eval_shape(apply_fn, params, x)
-    if out.shape != (x.shape[0], 1):
-        raise ValueError(f"apply_fn returns shape {out.shape}; expected a scalar output, ({x.shape[0]}, 1)")
-
-    def grad_one(xi):
-        return ravel_pytree(jax.grad(lambda p: apply_fn(p, xi[None])[0, 0])(params))[0]
-
-    jac = jax.vmap(grad_one)(x)
-    return jnp.linalg.eigvalsh(jac @ jac.T)[-1] / x.shape[0]
-
-
 def taylor_model(apply_fn, params0, order):
     """apply_fn itself (order None), its linearization (1) or its NQM (2) around params0."""
     if order not in TAYLOR_ORDERS:
@@ -331,12 +313,12 @@ def _sweep_one_init(apply_fn, order, params0, x, y, lrs, x_test, y_test, num_ste
     model = taylor_model(apply_fn, params0, order)
     loss_fn = full_batch_loss(model, x, y, mse_loss)
     loss0 = loss_fn(params0)
-    kernel_fn = lambda p: loss_normalized_kernel(model, p, x)
+    kernel_fn = lambda p: ntk_top_eigenvalue(model, p, x)
 
     def run(lr):
         res = train_gd(loss_fn, params0, lr, num_steps, record_every=kernel_every or num_steps,
                        divergence_threshold=divergence_factor * (1.0 + loss0),
-                       callback_fn=kernel_fn if kernel_every else None)
+                       observe=kernel_fn if kernel_every else None)
         losses = jnp.append(res.step_losses, res.final_loss)
         if kernel_every:
             kernels = jnp.where(jnp.isfinite(res.losses), res.records, jnp.nan)
@@ -355,7 +337,7 @@ def _sweep_one_init(apply_fn, order, params0, x, y, lrs, x_test, y_test, num_ste
     k_final, test = jax.lax.map(evaluate, params)
     k_final = jnp.where(diverged, jnp.nan, k_final)
     test = jnp.where(diverged, jnp.inf, test)
-    return LRSweep(lrs, loss_normalized_kernel(apply_fn, params0, x), losses, kernels, k_final, test, params,
+    return LRSweep(lrs, ntk_top_eigenvalue(apply_fn, params0, x), losses, kernels, k_final, test, params,
                    tuple(range(0, num_steps, kernel_every)) if kernel_every else ())
 
 
@@ -371,7 +353,7 @@ def _sweep_absolute(apply_fn, order, params0, x, y, lrs, x_test, y_test, num_ste
 @partial(jax.jit, static_argnames=_STATIC)
 def _sweep_relative(apply_fn, order, params0, x, y, a0s, x_test, y_test, num_steps, kernel_every, divergence_factor):
     def one(p0):
-        lrs = a0s / loss_normalized_kernel(apply_fn, p0, x)
+        lrs = a0s / ntk_top_eigenvalue(apply_fn, p0, x)
         return _sweep_one_init(apply_fn, order, p0, x, y, lrs, x_test, y_test, num_steps, kernel_every,
                                divergence_factor)
 

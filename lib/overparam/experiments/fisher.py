@@ -13,17 +13,11 @@ eigenvalues are those of the dual Gram matrix
 Theta the empirical NTK Gram matrix (summed over parameters). So lambda_max(F) = lambda_max(G)
 is computed from an NK x NK matrix, and the mean eigenvalue of F is tr(F)/P = tr(G)/P.
 
-Normalization (``NORMS``; no learned scale or shift, eps = 1e-5 inside the square roots):
-
-* ``"none"``: the plain ``overparam.models.MLP``.
-* ``"bn_last"``: batch normalization of the output: each output unit is standardized over the
-  batch, f = (u - mean_N u) / std_N u, u the plain output (Karakida et al., 2019).
-* ``"center_last"``: only the mean subtraction of ``bn_last``: f = u - mean_N u.
-* ``"bn_middle"``: every hidden pre-activation unit standardized over the batch before the activation.
-* ``"ln_middle"``: every hidden pre-activation standardized over its units (per example) before the activation.
-
-The batch-normalized networks couple the examples of a batch: their ``apply_fn`` must see the
-whole batch, and their Jacobian is computed for the whole batch at once (``per_example=False``).
+Normalization: the layers of ``overparam.models.MLPSpec`` (``NORMALIZATIONS``: none, bn_last, center_last,
+bn_middle, ln_middle; Karakida et al., 2019). The batch-normalized networks couple the examples of a
+batch: their Jacobian is computed for the whole batch at once (``per_example=False``), except for an
+output normalization, which ``fisher_setup`` applies after the plain network (an ``output_map``) so
+per-example Jacobians still serve.
 """
 
 from __future__ import annotations
@@ -35,101 +29,24 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from overparam.models import MLP, check_inputs, init_mlp_params
-
-NORMS = ("none", "bn_last", "center_last", "bn_middle", "ln_middle")
-BATCH_COUPLED = ("bn_last", "center_last", "bn_middle")
-EPS = 1e-5
-
-
-def check_norm(norm: str) -> str:
-    """Return ``norm`` if known, else ValueError listing ``NORMS``."""
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not known; allowed: {', '.join(NORMS)}")
-    return norm
-
-
-def batch_standardize(h, center_only: bool = False):
-    """(h - mean over the batch) / std over the batch, per column; h (N, n)."""
-    h = h - jnp.mean(h, axis=0, keepdims=True)
-    return h if center_only else h / jnp.sqrt(jnp.mean(h * h, axis=0, keepdims=True) + EPS)
-
-
-def layer_standardize(h):
-    """(h - mean over units) / std over units, per example (row); h (N, n)."""
-    h = h - jnp.mean(h, axis=1, keepdims=True)
-    return h / jnp.sqrt(jnp.mean(h * h, axis=1, keepdims=True) + EPS)
-
-
-def normalized_forward(model: MLP, x, norm: str = "none"):
-    """Output (N, K) of an ``MLP`` with the normalization ``norm`` inserted (see module docstring).
-
-    The layers (weights, multipliers, parameterization, activation) are the model's own;
-    only the normalization steps are added. ``norm="none"`` equals ``model(x)``.
-    """
-    check_norm(norm)
-    a = check_inputs(x, model.widths[0])
-    last = len(model.layers) - 1
-    for l, layer in enumerate(model.layers):
-        h = layer(a)
-        if l == last:
-            break
-        if norm == "bn_middle":
-            h = batch_standardize(h)
-        elif norm == "ln_middle":
-            h = layer_standardize(h)
-        a = model.activation(h)
-    if norm in ("bn_last", "center_last"):
-        h = batch_standardize(h, center_only=(norm == "center_last"))
-    return h
+from overparam.kernels.empirical import block_grams, output_jacobian
+from overparam.models import BATCH_COUPLED, MLPSpec, batch_standardize, check_normalization
 
 
 def normalized_mlp(widths: Sequence[int], norm: str, activation="relu", parameterization: str = "standard",
-                   sigma_w: float = math.sqrt(2.0)):
-    """apply_fn(params, x) -> (N, K) of a bias-free ``MLP(widths)`` with normalization ``norm``.
+                   sigma_w: float = math.sqrt(2.0)) -> MLPSpec:
+    """The bias-free ``MLPSpec(widths)`` with normalization ``norm``: ``spec(params, x) -> (N, K)``.
 
-    params: the ``nnx.State`` of ``overparam.models.init_mlp_params(key, widths, activation,
-    parameterization, sigma_w, 0.0, use_bias=False)`` (or a seed-batched one from
-    ``init_mlp_ensemble``, with ``jax.vmap``). Default: the standard parameterization of
-    Karakida et al., w_l ~ N(0, sigma_w^2 / n_{l-1}), with the He value sigma_w^2 = 2 for ReLU.
+    params: ``spec.init(key)`` (or a seed-batched ``spec.init_ensemble(keys)``, with ``jax.vmap``).
+    Default: the standard parameterization of Karakida et al., w_l ~ N(0, sigma_w^2 / n_{l-1}),
+    with the He value sigma_w^2 = 2 for ReLU.
     """
-    check_norm(norm)
-    template = nnx.eval_shape(
-        lambda: MLP(widths, activation, parameterization, sigma_w, 0.0, use_bias=False, rngs=nnx.Rngs(0)))
-    graphdef, _, rest = nnx.split(template, nnx.Param, ...)
-
-    def apply_fn(params, x):
-        return normalized_forward(nnx.merge(graphdef, params, rest), x, norm)
-
-    return apply_fn
+    return MLPSpec(tuple(widths), activation, parameterization, sigma_w, 0.0, use_bias=False,
+                   normalization=check_normalization(norm))
 
 
-# ---------------------------------------------------------------------------------- Jacobians
-
-
-def output_jacobian(apply_fn, params, x, per_example: bool = True):
-    """Jacobian of the stacked outputs as a pytree like params with leaves (N*K, *leaf.shape).
-
-    Row n*K + k is d f_k(x_n) / d theta. per_example=True differentiates each example alone
-    (cost ~ N single-example backward passes); it is wrong for batch-coupled networks
-    (batch normalization), which need per_example=False (the whole batch, cost ~ N*K
-    backward passes of the whole batch).
-    """
-    if per_example:
-        def one(xn):
-            return jax.jacrev(lambda p: apply_fn(p, xn[None])[0])(params)  # leaves (K, *shape)
-
-        jac = jax.vmap(one)(x)  # leaves (N, K, *shape)
-    else:
-        jac = jax.jacrev(lambda p: apply_fn(p, x))(params)  # leaves (N, K, *shape)
-    return jax.tree.map(lambda j: j.reshape(j.shape[0] * j.shape[1], *j.shape[2:]), jac)
-
-
-def block_grams(jac):
-    """List of per-leaf Gram matrices J_b J_b^T, each (NK, NK), in ``jax.tree.leaves`` order."""
-    return [j.reshape(j.shape[0], -1) @ j.reshape(j.shape[0], -1).T for j in jax.tree.leaves(jac)]
+# ---------------------------------------------------------------------------------- the Fisher
 
 
 @partial(jax.jit, static_argnames=("apply_fn", "per_example", "output_map"))
@@ -183,7 +100,7 @@ def fisher_setup(net: Sequence[int], norm: str, activation="relu", parameterizat
     Output normalizations (``bn_last``, ``center_last``) become an ``output_map`` after the plain
     network, so per-example Jacobians serve; ``bn_middle`` needs whole-batch Jacobians.
     """
-    check_norm(norm)
+    check_normalization(norm)
     if norm in ("bn_last", "center_last"):
         return normalized_mlp(net, "none", activation, parameterization), True, _OUTPUT_MAPS[norm]
     return normalized_mlp(net, norm, activation, parameterization), norm not in BATCH_COUPLED, None
@@ -199,7 +116,7 @@ def fisher_width_sweep(key, widths: Sequence[int], norm: str, depth: int = 3, nu
     initializations, each with its own inputs x ~ N(0, I_d) (the same draws for every ``norm``).
     Returns (lam_max (W, S), lam_mean (W, S)) as numpy arrays.
     """
-    check_norm(norm)
+    check_normalization(norm)
     if depth < 2:
         raise ValueError(f"depth={depth} must be >= 2 (at least one hidden layer)")
     lam_max, lam_mean = [], []
@@ -208,8 +125,7 @@ def fisher_width_sweep(key, widths: Sequence[int], norm: str, depth: int = 3, nu
         net = (d,) + (int(m),) * (depth - 1) + (1,)
         k_x, k_p = jax.random.split(jax.random.fold_in(key, int(m)))  # same width, same draw
         x = jax.random.normal(k_x, (num_seeds, n, d))
-        params = jax.vmap(lambda k: init_mlp_params(k, net, activation, parameterization, math.sqrt(2.0), 0.0,
-                                                    use_bias=False))(jax.random.split(k_p, num_seeds))
+        params = normalized_mlp(net, "none", activation, parameterization).init_ensemble(jax.random.split(k_p, num_seeds))
         apply_fn, per_example, output_map = fisher_setup(net, norm, activation, parameterization)
         top, mean = fisher_eig_stats_batch(apply_fn, params, x, per_example, output_map)
         lam_max.append(top)

@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 from threadpoolctl import threadpool_limits
 
 from overparam.curvature import hessian_full
+from overparam.models import MLPSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,16 +266,12 @@ def relu_functional_rank_one_hidden(widths: Sequence[int], r: int) -> int:
 
 
 def mlp_hessian_ranks(key, widths: Sequence[int], x, y, activation="relu", rtol: float | None = None) -> HessianRanks:
-    """Ranks of H_o, H_f, H for a bias-free ``overparam.models.MLP(widths, activation, "ntk")`` at init.
+    """Ranks of H_o, H_f, H for a bias-free ``MLPSpec(widths, activation, "ntk")`` at init.
 
     Params are cast to the dtype of x: pass float64 inputs under ``jax.enable_x64(True)``. The
     NTK parameterization only rescales each layer, which leaves every rank unchanged.
     """
-    from flax import nnx
-
-    from overparam.models import MLP, as_function
-
-    model = MLP(widths, activation, "ntk", use_bias=False, rngs=nnx.Rngs(params=key))
-    apply_fn, params = as_function(model)
+    apply_fn = MLPSpec(tuple(widths), activation, "ntk", use_bias=False)
+    params = apply_fn.init(key)
     params = jax.tree.map(lambda p: p.astype(x.dtype), params)
     return hessian_ranks(hessian_parts(apply_fn, params, x, y), rtol)

@@ -29,29 +29,20 @@ f above. All widths then share one compiled training loop.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from overparam.models import init_mlp_ensemble
+from overparam.models import MLPSpec
 from overparam.training import mse_loss
 
 
-@functools.lru_cache(maxsize=None)
-def _network(d: int, width: int, parameterization: str):
-    """apply_fn of the (d, width, 1) tanh MLP without biases (cached: jit hashes it by identity)."""
-    apply_fn, _ = init_mlp_ensemble(jax.random.split(jax.random.key(0), 1), (d, width, 1), "tanh",
-                                    parameterization, use_bias=False)
-    return apply_fn
-
-
-def student_apply(d: int, width: int):
-    """apply_fn(params, x (n, d)) -> (n, 1) of the mean-field network with ``width`` particles
-    (f = (1/width) sum_k v_k tanh(w_k^T x / sqrt d)); see ``student_output`` for padded students."""
-    return _network(d, width, "mean_field")
+def student_apply(d: int, width: int) -> MLPSpec:
+    """The mean-field network with ``width`` particles (an ``MLPSpec``: apply_fn(params, x (n, d)) -> (n, 1)),
+    f = (1/width) sum_k v_k tanh(w_k^T x / sqrt d); see ``student_output`` for padded students."""
+    return MLPSpec((d, width, 1), "tanh", "mean_field", use_bias=False)
 
 
 def init_students(keys, d: int, N: int, width: int | None = None):
@@ -63,22 +54,18 @@ def init_students(keys, d: int, N: int, width: int | None = None):
     width = N if width is None else width
     if d < 1 or N < 1 or width < N:
         raise ValueError(f"need d >= 1 and 1 <= N <= width; got d={d}, N={N}, width={width}")
-    return _init_fn(d, width)(keys, N)
+    return _init_padded(keys, N, d, width)
 
 
-@functools.lru_cache(maxsize=None)
-def _init_fn(d: int, width: int):
-    """Jitted (keys, N) -> params of padded students (cached: one compilation per shape)."""
-
-    def init(keys, N):
-        params = init_mlp_ensemble(keys, (d, width, 1), "tanh", "mean_field", use_bias=False)[1]
-        live = (jnp.arange(width) < N).astype(jnp.float32)
-        w, v = params["layers"][0]["w"], params["layers"][1]["w"]   # nnx.Param (runs, d, width), (runs, width, 1)
-        w[...] = w[...] * live[None, None, :]
-        v[...] = v[...] * live[None, :, None]
-        return params
-
-    return jax.jit(init)
+@partial(jax.jit, static_argnums=(2, 3))
+def _init_padded(keys, N, d: int, width: int):
+    """Params of padded students (one compilation per (d, width); N traced)."""
+    params = student_apply(d, width).init_ensemble(keys)
+    live = (jnp.arange(width) < N).astype(jnp.float32)
+    w, v = params["layers"][0]["w"], params["layers"][1]["w"]   # nnx.Param (runs, d, width), (runs, width, 1)
+    w[...] = w[...] * live[None, None, :]
+    v[...] = v[...] * live[None, :, None]
+    return params
 
 
 def student_output(apply_fn, params, x, N):
@@ -91,7 +78,8 @@ def make_teacher(key, d: int, k_star: int):
     """(apply_fn, params) of the teacher f*(x) = v*^T tanh(W*^T x / sqrt d) / sqrt(k*), N(0, 1) weights."""
     if k_star < 1:
         raise ValueError(f"k_star={k_star} must be positive")
-    apply_fn, params = init_mlp_ensemble(key[None], (d, k_star, 1), "tanh", "ntk", use_bias=False)
+    apply_fn = MLPSpec((d, k_star, 1), "tanh", "ntk", use_bias=False)
+    params = apply_fn.init_ensemble(key[None])
     return apply_fn, jax.tree.map(lambda p: p[0], params)
 
 

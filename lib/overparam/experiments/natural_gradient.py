@@ -23,8 +23,8 @@ method         step (damping rho > 0)                                      A (rh
 
 The exact NGD step uses the push-through identity (J^T J/N + rho)^{-1} J^T/N = J^T (J J^T + rho N)^{-1}:
 an N x N solve, never a P x P one. Blocks of ``block_diag`` are the leaves of params (for a
-bias-free ``MLP``: one block per layer). K-FAC needs the layer structure of an
-``overparam.models.MLP`` (inputs a_l and backpropagated deltas from ``overparam.kernels.empirical``).
+bias-free MLP: one block per layer). K-FAC needs the layer structure of an
+``overparam.models.MLPSpec`` (inputs a_l and backpropagated deltas from ``overparam.kernels.empirical``).
 With every block's Gram invertible, block-diagonal NGD with lr/B equals exact NGD in function
 space; K-FAC is isotropic when each layer's input Gram a a^T and delta Gram are invertible
 (widths and input dimension >= N); then A = (1 + (L-1) N) I for K = 1.
@@ -37,11 +37,11 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+import optax
 
-from overparam.experiments.fisher import block_grams, output_jacobian
-from overparam.models import MLP
-from overparam.kernels.empirical import mlp_layer_features
+from overparam.kernels.empirical import block_grams, mlp_layer_features, output_jacobian
+from overparam.models import MLPSpec
+from overparam.training import mse_loss, run_loop
 
 METHODS = ("gd", "ngd", "block_diag", "kfac")
 
@@ -78,21 +78,19 @@ def _damped_pinv(phi, damping):
     return _solve_psd(phi @ phi.T / r, phi, damping).T
 
 
-def _kfac_factors(model: MLP, params, x, damping):
+def _kfac_factors(spec: MLPSpec, params, x, damping):
     """Per layer (phi_a, Q_a, phi_D, Q_D): K-FAC's two Kronecker factors as feature matrices.
 
     phi_a = w_mult a (N, n_in) (scaled layer inputs) and phi_D (NK, n_out) with row (n, k) the
     delta d f_k(x_n) / d h; Abar = phi_a^T phi_a / N and Gbar = phi_D^T phi_D / N (the 1/N of
     Gbar taken over the NK rows' N examples). Q = ``_damped_pinv``: (Abar + rho)^{-1} phi_a^T etc.
     """
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-    bound = nnx.merge(graphdef, params, rest)
-    acts, deltas = mlp_layer_features(bound, x)
+    acts, deltas = mlp_layer_features(spec, params, x)
     n = x.shape[0]
     out = []
-    for layer, a, delta in zip(bound.layers, acts, deltas):
+    for (_, _, w_mult, _), a, delta in zip(spec.layer_scales(), acts, deltas):
         k = delta.shape[2]
-        phi_a = layer.w_mult * a
+        phi_a = w_mult * a
         # Gbar = sum_k delta_k^T delta_k / N: scale the NK rows by sqrt(K) so that "/ rows" is "/ N".
         phi_d = jnp.transpose(delta, (0, 2, 1)).reshape(n * k, -1)
         q_d = _damped_pinv(jnp.sqrt(k) * phi_d, damping) / jnp.sqrt(k)
@@ -100,34 +98,34 @@ def _kfac_factors(model: MLP, params, x, damping):
     return out
 
 
-def _check_kfac_model(model):
-    if not isinstance(model, MLP):
-        raise ValueError(f"method='kfac' needs an overparam.models.MLP, got {type(model).__name__}")
-    if model.use_bias:
+def _check_kfac_model(spec):
+    if not isinstance(spec, MLPSpec):
+        raise ValueError(f"method='kfac' needs an overparam.models.MLPSpec as apply_fn, got {type(spec).__name__}")
+    if spec.use_bias:
         raise ValueError("method='kfac' is implemented for bias-free MLPs (use_bias=False)")
 
 
-def _check_args(method, damping, model):
+def _check_args(method, damping, apply_fn):
     check_method(method)
     _check_damping(damping)
     if method == "kfac":
-        _check_kfac_model(model)
+        _check_kfac_model(apply_fn)
 
 
-def kfac_operator(model: MLP, params, x, damping):
+def kfac_operator(spec: MLPSpec, params, x, damping):
     """Function-space operator (NK, NK) of K-FAC: sum_l (1/N) [phi_a Q_a] o [phi_D Q_D].
 
     phi_a Q_a = w^2 a (Abar + rho)^{-1} a^T (N, N) and phi_D Q_D = D (Gbar + rho)^{-1} D^T
     (NK, NK), entry (m k', n k); with rho -> 0 each is N times the projection on the span of the
     layer's inputs, resp. deltas (see the module docstring).
     """
-    return function_space_operator("kfac", None, params, x, damping, model)
+    return function_space_operator("kfac", spec, params, x, damping)
 
 
-def _kfac_operator(model: MLP, params, x, damping):
+def _kfac_operator(spec: MLPSpec, params, x, damping):
     n = x.shape[0]
     total = 0.0
-    for phi_a, q_a, phi_d, q_d in _kfac_factors(model, params, x, damping):
+    for phi_a, q_a, phi_d, q_d in _kfac_factors(spec, params, x, damping):
         k = phi_d.shape[0] // n
         pa = phi_a @ q_a                                  # (N, N)
         pd = (phi_d @ q_d).reshape(n, k, n, k)            # (N, K, N, K)
@@ -138,22 +136,22 @@ def _kfac_operator(model: MLP, params, x, damping):
 # ------------------------------------------------------------------------------ the operators
 
 
-def function_space_operator(method: str, apply_fn, params, x, damping=1e-8, model: MLP | None = None):
+def function_space_operator(method: str, apply_fn, params, x, damping=1e-8):
     """A (NK, NK) with e <- (I - lr A) e on the linearized network (table in the module docstring).
 
-    apply_fn(params, x) -> (N, K) must treat examples independently. ``model`` (the ``MLP``
-    that apply_fn evaluates) is needed for ``kfac`` only. Jitted with method, apply_fn and model
-    static (hashed by identity: build them once).
+    apply_fn(params, x) -> (N, K) must treat examples independently; ``kfac`` needs an
+    ``MLPSpec`` (the layer structure). Jitted with method and apply_fn static (an ``MLPSpec`` is
+    hashed by value; another callable by identity: build it once).
     """
-    _check_args(method, damping, model)
-    return _operator(method, apply_fn, params, x, damping, model)
+    _check_args(method, damping, apply_fn)
+    return _operator(method, apply_fn, params, x, damping)
 
 
-@partial(jax.jit, static_argnames=("method", "apply_fn", "model"))
-def _operator(method, apply_fn, params, x, damping, model):
+@partial(jax.jit, static_argnames=("method", "apply_fn"))
+def _operator(method, apply_fn, params, x, damping):
     n = x.shape[0]
     if method == "kfac":
-        return _kfac_operator(model, params, x, damping)
+        return _kfac_operator(apply_fn, params, x, damping)
     grams = block_grams(output_jacobian(apply_fn, params, x))
     if method == "gd":
         return sum(grams) / n
@@ -171,17 +169,17 @@ def isotropy_scale(operator):
 # --------------------------------------------------------------------------------- the updates
 
 
-def update_direction(method: str, apply_fn, params, x, y, damping, model: MLP | None = None):
+def update_direction(method: str, apply_fn, params, x, y, damping):
     """F_hat^{-1} grad loss (a pytree like params): the step is theta - lr * direction.
 
     Jitted like ``function_space_operator``; J @ direction = A e (the tests check it).
     """
-    _check_args(method, damping, model)
-    return _direction(method, apply_fn, params, x, y, damping, model)
+    _check_args(method, damping, apply_fn)
+    return _direction(method, apply_fn, params, x, y, damping)
 
 
-@partial(jax.jit, static_argnames=("method", "apply_fn", "model"))
-def _direction(method, apply_fn, params, x, y, damping, model):
+@partial(jax.jit, static_argnames=("method", "apply_fn"))
+def _direction(method, apply_fn, params, x, y, damping):
     n = x.shape[0]
     e = (apply_fn(params, x) - y).reshape(-1)
     if method == "kfac":
@@ -189,7 +187,7 @@ def _direction(method, apply_fn, params, x, y, damping, model):
         # Q_a E~ Q_D^T / N, where E~ (N, NK) holds e_{nk} at (n, (n, k)).
         e_nk = e.reshape(n, -1)
         directions = []
-        for phi_a, q_a, phi_d, q_d in _kfac_factors(model, params, x, damping):
+        for phi_a, q_a, phi_d, q_d in _kfac_factors(apply_fn, params, x, damping):
             e_q = jnp.einsum("nk,jnk->nj", e_nk, q_d.reshape(q_d.shape[0], n, -1))   # E~ Q_D^T (N, n_out)
             directions.append(q_a @ e_q / n)
         return _with_layer_leaves(params, directions)
@@ -228,33 +226,35 @@ class NGDResult:
     params: object
 
 
-def train_preconditioned(model: MLP, x, y, method: str, lr, num_steps: int, damping=1e-8) -> NGDResult:
-    """Full-batch training of ``model`` with one of ``METHODS`` (one jitted ``lax.scan``).
+def train_preconditioned(apply_fn, params0, x, y, method: str, lr, num_steps: int, damping=1e-8) -> NGDResult:
+    """Full-batch training with one of ``METHODS`` on ``training.run_loop`` (one jitted ``lax.scan``).
 
-    lr: a scalar (traced). Records the loss ``mse_loss`` and the residual at steps 0..num_steps.
-    Non-finite steps are recorded as they are (NaN/inf losses), never raised.
+    The step is theta <- theta - lr * ``update_direction`` (the preconditioned gradient is the
+    loop's direction, plain SGD its optimizer). lr: a scalar (traced). Records the loss
+    ``mse_loss`` and the residual at steps 0..num_steps. Non-finite steps are recorded as they are
+    (NaN/inf losses), never raised: the run has no divergence check.
     """
-    _check_args(method, damping, model)
-    graphdef, params0, rest = nnx.split(model, nnx.Param, ...)
+    _check_args(method, damping, apply_fn)
+    return _train_preconditioned(apply_fn, params0, x, y, jnp.asarray(lr, dtype=x.dtype), damping, method=method,
+                                 num_steps=int(num_steps))
 
-    def apply_fn(params, inputs):
-        return nnx.merge(graphdef, params, rest)(inputs)
 
-    @jax.jit
-    def run(params0, lr):
-        def step(params, _):
-            e = apply_fn(params, x) - y
-            direction = _direction(method, apply_fn, params, x, y, damping, model)
-            new = jax.tree.map(lambda p, d: p - lr * d, params, direction)
-            norm = lr * jnp.sqrt(sum(jnp.sum(d * d) for d in jax.tree.leaves(direction)))
-            return new, (0.5 * jnp.sum(e * e) / x.shape[0], e, norm)
+@partial(jax.jit, static_argnames=("apply_fn", "method", "num_steps"))
+def _train_preconditioned(apply_fn, params0, x, y, lr, damping, *, method, num_steps):
+    def loss(params, x, y):
+        return mse_loss(apply_fn(params, x), y)
 
-        final, (losses, residuals, norms) = jax.lax.scan(step, params0, None, length=num_steps)
-        e_last = apply_fn(final, x) - y
-        losses = jnp.concatenate([losses, (0.5 * jnp.sum(e_last**2) / x.shape[0])[None]])
-        return NGDResult(losses, jnp.concatenate([residuals, e_last[None]]), norms, final)
+    def direction(params, x, y):
+        return loss(params, x, y), _direction(method, apply_fn, params, x, y, damping)
 
-    return run(params0, jnp.asarray(lr, dtype=x.dtype))
+    def step_norm(params, new_params, *batch):
+        return jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params))))
+
+    result = run_loop(loss, params0, optax.sgd(lr), num_steps, data=(x, y), grad_fn=direction,
+                      observe=lambda p: apply_fn(p, x) - y, on_step=step_norm, divergence_threshold=None)
+    e_last = apply_fn(result.params, x) - y
+    losses = jnp.concatenate([result.losses, result.final_loss[None]])
+    return NGDResult(losses, jnp.concatenate([result.records, e_last[None]]), result.step_records, result.params)
 
 
 def mode_decay(residuals, basis):

@@ -303,7 +303,7 @@ def train_weight_decay_sweep(apply_fn, params0, x, y, lams, optimizer, num_steps
     def run(lam):
         return training.train_optax(
             penalized_loss(apply_fn, x, y, lam), params0, optimizer, num_steps, record_every,
-            divergence_threshold=1e6, callback_fn=layer_norms,
+            divergence_threshold=1e6, observe=layer_norms,
         )
 
     return jax.vmap(run)(lams)

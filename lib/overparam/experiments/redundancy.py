@@ -10,7 +10,7 @@ different weight norms count as one group. Dead neurons (constant activity on th
 belong to no group.
 
 Conventions: activities ``acts`` are (N inputs, W neurons); labels are ints 0..G-1 per neuron,
--1 for dead ones. The training helpers use ``overparam.models.MLP`` in the standard
+-1 for dead ones. The training helpers use an ``overparam.models.MLPSpec`` in the standard
 parameterization and ``overparam.training``; weight decay is L2 in the loss
 (cross-entropy + lam * sum of squared parameters, biases included).
 """
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from overparam import training
-from overparam.models import MLP, as_function, init_mlp_params
+from overparam.models import MLPSpec
 
 
 # ------------------------------------------------------------------------------ grouping
@@ -111,24 +111,19 @@ def mlp_widths(d_in: int, hidden: int, last_hidden: int, num_classes: int):
     return (int(d_in), int(hidden), int(last_hidden), int(num_classes))
 
 
-def _template(widths):
-    from flax import nnx
-
-    return nnx.eval_shape(lambda: MLP(widths, "relu", "standard", sigma_w=float(np.sqrt(2.0)), rngs=nnx.Rngs(0)))
+def mlp_spec(widths) -> MLPSpec:
+    """The network of this module: ``MLPSpec(widths)``, ReLU, standard parameterization, He init (sigma_w^2 = 2)."""
+    return MLPSpec(tuple(int(w) for w in widths), "relu", "standard", sigma_w=float(np.sqrt(2.0)))
 
 
 def last_hidden_activity(widths, params, x):
-    """Activities of the last hidden layer (N, widths[-2]) of an ``MLP(widths)`` with ``params``."""
-    from flax import nnx
-
-    graphdef, _, rest = nnx.split(_template(widths), nnx.Param, ...)
-    model = nnx.merge(graphdef, params, rest)
-    acts, _ = model.forward_trace(x)
+    """Activities of the last hidden layer (N, widths[-2]) of ``mlp_spec(widths)`` with ``params``."""
+    acts, _ = mlp_spec(widths).trace(params, x)
     return acts[-1]
 
 
 def train_mlp_weight_decay(key, widths, data, lams, optimizer, num_steps: int, record_every: int = 100):
-    """Train ``MLP(widths)`` (standard parameterization, ReLU, He init) on ``data`` once per weight decay.
+    """Train ``mlp_spec(widths)`` (standard parameterization, ReLU, He init) on ``data`` once per weight decay.
 
     Loss: softmax cross-entropy + lam * sum of squared parameters, full batch, with the optax
     ``optimizer``; one init (from ``key``) shared by all lams, vmapped over lams (one compile).
@@ -139,8 +134,8 @@ def train_mlp_weight_decay(key, widths, data, lams, optimizer, num_steps: int, r
     if lams.ndim != 1 or bool(jnp.any(lams < 0)):
         raise ValueError(f"lams must be a 1-D array of weight decays >= 0, got {lams}")
     widths = tuple(int(w) for w in widths)
-    params0 = init_mlp_params(key, widths, "relu", "standard", sigma_w=float(np.sqrt(2.0)))
-    apply_fn, _ = as_function(_template(widths))
+    apply_fn = mlp_spec(widths)
+    params0 = apply_fn.init(key)
     x, y = data.x_train, data.y_train
 
     def train_accuracy(params):
@@ -151,6 +146,6 @@ def train_mlp_weight_decay(key, widths, data, lams, optimizer, num_steps: int, r
             penalty = sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
             return training.softmax_cross_entropy(apply_fn(params, x), y) + lam * penalty
 
-        return training.train_optax(loss, params0, optimizer, num_steps, record_every, callback_fn=train_accuracy)
+        return training.train_optax(loss, params0, optimizer, num_steps, record_every, observe=train_accuracy)
 
     return apply_fn, jax.vmap(run)(lams)

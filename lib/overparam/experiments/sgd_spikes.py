@@ -24,10 +24,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from overparam.models import MLP
-from overparam.kernels.empirical import ntk_jacobian, ntk_mlp_layerwise
+from overparam.kernels.empirical import ntk
 from overparam.training import mse_loss, sgd_batch_indices
 
 
@@ -193,18 +191,6 @@ def projected_loss(residual, eigvecs):
     return jnp.sum(coeffs**2) / (2 * residual.shape[0])
 
 
-def mlp_ntk_fn(widths, activation="relu", parameterization: str = "ntk", sigma_w: float = 1.0,
-               sigma_b: float = 0.0, *, use_bias: bool = True):
-    """kernel_fn(params, x) -> (n, n): the empirical NTK of ``MLP(widths, ...)`` by ``ntk_mlp_layerwise``.
-
-    For ``sgd_trajectory``'s ``kernel_fn`` with params from ``init_mlp_ensemble`` (same settings);
-    equals ``ntk_jacobian`` to rounding at a fraction of its cost.
-    """
-    template = nnx.eval_shape(lambda: MLP(widths, activation, parameterization, sigma_w, sigma_b,
-                                          use_bias=use_bias, rngs=nnx.Rngs(0)))
-    return lambda params, x: ntk_mlp_layerwise(template, x, params=params)
-
-
 def kernel_mean_diag(kernel):
     """(c, delta) of a kernel Gram matrix (n, n): c the mean off-diagonal entry, c + delta the mean diagonal.
 
@@ -282,12 +268,12 @@ def sgd_trajectory(apply_fn, params0, x, y, lr, key, batch_size: int, num_steps:
     The top-k eigenvectors of K(X_p) are tracked by subspace iteration warm-started from the
     previous step (``power_iters`` per step; an exact ``eigh`` at t = 0); the batch curvatures
     by power iteration from the constant vector (the top eigenvector of a ReLU NTK is close to
-    it). kernel_fn(params, x) -> (n, n) defaults to ``ntk_jacobian``; for an ``MLP`` pass
-    ``lambda p, x: ntk_mlp_layerwise(model, x, params=p)`` (same kernel, far cheaper).
+    it). kernel_fn(params, x) -> (n, n) defaults to ``overparam.kernels.empirical.ntk`` (layer-wise
+    for an ``MLPSpec``, NTK-vector products otherwise).
     observe: optional params -> pytree of arrays recorded at every step (e.g. AGOP alignment).
     """
     observe = observe if observe is not None else (lambda p: ())
-    kernel_fn = kernel_fn or (lambda p, xx: ntk_jacobian(apply_fn, p, xx))
+    kernel_fn = kernel_fn or (lambda p, xx: ntk(apply_fn, p, xx))
     n, n_p = x.shape[0], x_probe.shape[0]
     if not 1 <= k_top <= n_p:
         raise ValueError(f"k_top={k_top} must be between 1 and the probe size {n_p}")

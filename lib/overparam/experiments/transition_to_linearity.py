@@ -2,7 +2,7 @@
 
 Each function handles one architecture (one ``widths`` tuple) for a batch of seeds, jitted
 once per shape and ``vmap``-ed over seeds; a chapter loops over widths. Networks are
-``overparam.models.MLP`` without biases; losses are ``mse_loss`` (1/(2N) sum of squares), so
+``overparam.models.MLPSpec`` without biases; losses are ``mse_loss`` (1/(2N) sum of squares), so
 learning rates are given as a fraction of the linear model's GD threshold 2N / lambda_max(Theta_0).
 """
 
@@ -13,13 +13,12 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from overparam.curvature import model_hessian_spectral_norm
-from overparam.kernels.linear_dynamics import linear_model_prediction
-from overparam.models import MLP, init_mlp_ensemble
-from overparam.kernels.empirical import ntk_mlp_layerwise
-from overparam.training import full_batch_loss, max_stable_lr, train_gd
+from overparam.kernels.regression import linear_model_prediction
+from overparam.kernels.empirical import ntk_layerwise
+from overparam.models import MLPSpec
+from overparam.training import batch_loss, max_stable_lr, train_gd
 
 
 def hessian_norm_at_init(widths, activation, keys, xs, parameterization="ntk", num_iters=30):
@@ -32,7 +31,8 @@ def hessian_norm_at_init(widths, activation, keys, xs, parameterization="ntk", n
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _hessian_norm_at_init(widths, activation, parameterization, num_iters, keys, xs):
-    apply_fn, params = init_mlp_ensemble(keys, widths, activation, parameterization, use_bias=False)
+    apply_fn = MLPSpec(widths, activation, parameterization, use_bias=False)
+    params = apply_fn.init_ensemble(keys)
     lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
 
     def per_seed(p, k):
@@ -65,7 +65,7 @@ class LazyTrainingReport:
 
 def train_vs_linear(widths, activation, keys, x_train, y_train, x_test, *, parameterization="ntk",
                     lr_fraction=0.5, num_steps=500) -> LazyTrainingReport:
-    """Train ``MLP(widths)`` by full-batch GD and compare with its linearization, for each seed.
+    """Train ``MLPSpec(widths, activation, parameterization, use_bias=False)`` by full-batch GD and compare with its linearization, for each seed.
 
     x_train (N, d), y_train (N, 1), x_test (M, d). The same lr and step count drive the network
     (``train_gd``) and the linear model (``linear_model_prediction``, exact GD in closed form).
@@ -79,22 +79,22 @@ def train_vs_linear(widths, activation, keys, x_train, y_train, x_test, *, param
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _train_vs_linear(widths, activation, parameterization, num_steps, keys, x_train, y_train, x_test, lr_fraction):
-    apply_fn, params0 = init_mlp_ensemble(keys, widths, activation, parameterization, use_bias=False)
-    template = nnx.eval_shape(lambda: MLP(widths, activation, parameterization, use_bias=False, rngs=nnx.Rngs(0)))
+    spec = MLPSpec(widths, activation, parameterization, use_bias=False)
+    params0 = spec.init_ensemble(keys)
     n = x_train.shape[0]
     x_all = jnp.concatenate([x_train, x_test])
 
     def one(p0):
-        k0 = ntk_mlp_layerwise(template, x_all, params=p0)
+        k0 = ntk_layerwise(spec, p0, x_all)
         k_train = k0[:n, :n]
         lr = lr_fraction * max_stable_lr(k_train)
-        result = train_gd(full_batch_loss(apply_fn, x_train, y_train), p0, lr, num_steps, record_every=num_steps)
-        k_final = ntk_mlp_layerwise(template, x_train, params=result.params)
+        result = train_gd(batch_loss(spec), p0, lr, num_steps, record_every=num_steps, data=(x_train, y_train))
+        k_final = ntk_layerwise(spec, result.params, x_train)
         change = jnp.linalg.norm(k_final - k_train) / jnp.linalg.norm(k_train)
-        f0 = apply_fn(p0, x_all)[:, 0]
+        f0 = spec(p0, x_all)[:, 0]
         _, f_lin_test = linear_model_prediction(k_train, k0[n:, :n], f0[:n], f0[n:], y_train[:, 0], lr,
                                                 num_steps=num_steps)
-        f_net_test = apply_fn(result.params, x_test)[:, 0]
+        f_net_test = spec(result.params, x_test)[:, 0]
         return LazyTrainingReport(change, f_net_test, f_lin_test, f0[n:], result.final_loss, result.diverged, lr)
 
     return jax.vmap(one)(params0)

@@ -1,6 +1,6 @@
 r"""Infinite-width kernels in closed form: NNGP and NTK of fully connected networks, DEQ NNGP.
 
-Conventions (match ``overparam.models.MLP`` in the ``ntk`` parameterization). A depth-L
+Conventions (those of ``overparam.models.MLPSpec`` in the ``ntk`` parameterization). A depth-L
 network has L affine layers, widths (d, n_1, ..., n_{L-1}, d_out), a_0 = x and
 
     h_l = sigma_w a_{l-1} W_l / sqrt(n_{l-1}) + sigma_b b_l,   W_l, b_l ~ N(0, 1),
@@ -25,6 +25,10 @@ two diagonals Sigma(x1, x1), Sigma(x2, x2) alongside. The dtype follows the inpu
 ``with jax.enable_x64(True):`` with float64 inputs for float64 kernels. ``depth`` and
 ``activation`` are static; the variances may be traced (a sweep compiles once).
 
+``mlp_kernels(spec, x1, x2)`` gives both kernels of the network an ``MLPSpec`` describes (its depth,
+activation and scales; hidden widths are what goes to infinity) and raises ValueError where this
+module has no closed form (another activation, the ``mean_field`` parameterization, normalization).
+
 The deep equilibrium model (DEQ) with one weight matrix shared by infinitely many layers,
 
     z = phi(h),   h = sigma_w W z / sqrt(n) + sigma_u U x / sqrt(d) + sigma_b b,
@@ -42,6 +46,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from overparam.kernels.empirical import ntk_layerwise
+from overparam.models import MLPSpec
 
 ANALYTIC_ACTIVATIONS = ("relu", "erf", "linear")
 
@@ -163,42 +170,67 @@ def ntk_fc(x1, x2=None, depth: int = 2, activation: str = "relu", sigma_w=1.0, s
     return fc_kernels(x1, x2, depth, activation, sigma_w, sigma_b)[1]
 
 
+def _check_closed_form(spec: MLPSpec) -> MLPSpec:
+    if not isinstance(spec, MLPSpec):
+        raise ValueError(f"spec must be an overparam.models.MLPSpec, got {type(spec).__name__}")
+    if spec.parameterization != "ntk":
+        raise ValueError(
+            f"parameterization={spec.parameterization!r} has no closed-form NTK here (the standard one depends on the"
+            " widths; the mean-field NNGP is degenerate): use parameterization='ntk'"
+        )
+    if spec.normalization != "none":
+        raise ValueError(f"normalization={spec.normalization!r} has no closed-form kernel here; use 'none'")
+    check_activation(spec.activation)
+    return spec
+
+
+def mlp_kernels(spec: MLPSpec, x1, x2=None, *, per_layer: bool = False):
+    """(NNGP, NTK) of the infinite-width limit of the network ``spec``, each (N1, N2) (per output).
+
+    The limit takes every hidden width to infinity at the spec's depth, activation, sigma_w and
+    sigma_b (``fc_kernels``). ValueError where no closed form exists here (see the module docstring).
+    """
+    spec = _check_closed_form(spec)
+    sigma_b = spec.sigma_b if spec.use_bias else 0.0
+    return fc_kernels(x1, x2, spec.num_layers, spec.activation, spec.sigma_w, sigma_b, per_layer=per_layer)
+
+
 # ------------------------------------------------------------------- Monte Carlo (finite width)
-@partial(jax.jit, static_argnames=("widths", "activation", "sigma_w", "sigma_b"))
-def _mlp_kernels(keys, x1, x2, widths, activation, sigma_w, sigma_b):
-    from flax import nnx
-
-    from overparam.models import MLP, init_mlp_params
-    from overparam.kernels.empirical import ntk_mlp_layerwise
-
-    config = dict(activation=activation, parameterization="ntk", sigma_w=sigma_w, sigma_b=sigma_b)
-    template = nnx.eval_shape(lambda: MLP(widths, rngs=nnx.Rngs(0), **config))
-
+@partial(jax.jit, static_argnames=("spec",))
+def _mlp_kernels(keys, x1, x2, spec):
     def one(key):
-        params = init_mlp_params(key, widths, **config)
-        layers = ntk_mlp_layerwise(template, x1, x2, params=params, per_layer=True)
+        layers = ntk_layerwise(spec, spec.init(key), x1, x2, per_layer=True)
         return layers[-1], layers.sum(axis=0)
 
     return jax.lax.map(one, keys)
 
 
+def mlp_kernels_monte_carlo(key, spec: MLPSpec, x1, x2=None, num_seeds: int = 4):
+    """Empirical (NNGP, NTK) of ``num_seeds`` finite networks ``spec``: each (S, N1, N2).
+
+    Per network: the NTK is the exact empirical tangent kernel (``overparam.kernels.empirical``)
+    and the NNGP estimate is the last layer's share of it, sigma_w^2 <a_{L-1}(x), a_{L-1}(x')> /
+    n_{L-1} + sigma_b^2: the covariance of the output given the hidden layers. Both converge to
+    ``mlp_kernels(spec)`` with fluctuations O(1/sqrt(width)) per network. A single weight layer
+    has no hidden layer (the kernels are then exact). Seed s uses ``spec.init(jax.random.split(key, S)[s])``.
+    One compilation per (spec, shapes).
+    """
+    spec = _check_closed_form(spec)
+    if spec.d_out != 1:
+        raise ValueError(f"widths={spec.widths}: the Monte Carlo NNGP estimate is for one output (d_out = 1)")
+    x1, x2 = _check_pair(x1, x2)
+    if x1.shape[1] != spec.d_in:
+        raise ValueError(f"x1 has shape {x1.shape}; the network expects (N, {spec.d_in})")
+    return _mlp_kernels(jax.random.split(key, num_seeds), x1, x2, spec)
+
+
 def fc_kernels_monte_carlo(key, x1, x2=None, depth: int = 2, width: int = 512, activation: str = "relu",
                            sigma_w=1.0, sigma_b=0.0, num_seeds: int = 4):
-    """Empirical (NNGP, NTK) of ``num_seeds`` finite ``MLP``s of hidden width ``width``: each (S, N1, N2).
-
-    Per network (ntk parameterization, one output): the NTK is the exact empirical tangent
-    kernel (``overparam.kernels.empirical.ntk_mlp_layerwise``) and the NNGP estimate is the last layer's
-    share of it, sigma_w^2 <a_{L-1}(x), a_{L-1}(x')> / n_{L-1} + sigma_b^2: the covariance of
-    the output given the hidden layers. Both converge to ``fc_kernels`` with fluctuations
-    O(1/sqrt(width)) per network. depth=1 has no hidden layer (the kernels are then exact).
-    Seed s uses the params of ``MLP(..., rngs=nnx.Rngs(params=jax.random.split(key, S)[s]))``.
-    One compilation per (width, depth, activation, sigmas, shapes).
-    """
+    """``mlp_kernels_monte_carlo`` for the ntk-parameterized network of ``depth`` layers, hidden width ``width``, one output."""
     depth = _check_depth(depth)
     x1, x2 = _check_pair(x1, x2)
-    widths = (x1.shape[1],) + (int(width),) * (depth - 1) + (1,)
-    return _mlp_kernels(jax.random.split(key, num_seeds), x1, x2, widths, check_activation(activation),
-                        float(sigma_w), float(sigma_b))
+    spec = MLPSpec((x1.shape[1],) + (int(width),) * (depth - 1) + (1,), activation, "ntk", sigma_w, sigma_b)
+    return mlp_kernels_monte_carlo(key, spec, x1, x2, num_seeds)
 
 
 # --------------------------------------------------------------------------------- DEQ

@@ -1,4 +1,4 @@
-r"""Predictions from a kernel: kernel (ridge) regression, the NNGP posterior, and gradient flow.
+r"""Predictions from a kernel: kernel (ridge) regression, its tuning, the NNGP posterior, linear-model dynamics.
 
 Shapes: k_train_train (N, N), k_test_train (M, N), k_test_test (M, M); targets y (N,) or
 (N, K). A kernel from ``overparam.kernels.analytic`` is per output: with K outputs it acts
@@ -26,15 +26,31 @@ Gaussian (Lee et al. 2019, eq. 16): with A_t = Theta(x*, X) Theta^{-1} (I - exp(
 
 Everything uses the eigendecomposition of the (symmetric) train kernel; eigenvalues below
 ``rcond * lambda_max`` are treated as exact zeros (directions that never move).
+
+Linear-model dynamics (``linear_model_prediction``): the same formulas for a model that is linear
+in its parameters with tangent kernel Theta (the empirical NTK at initialization), in GD steps or
+in flow time, for scalar outputs.
+
+Tuning (``rbf_kernel``, ``krr_predict``, ``tune_krr``): the estimator K(x*, X) (K + ridge I)^{-1} y
+applied to centred targets (the mean is added back: the kernels need not contain constants, and the
+ridge should not shrink the mean); ridges relative to the kernel's scale, ridge = eps * trace(K) / N,
+so one grid of eps serves kernels of any normalization (NTK, RBF); a whole ridge path from *one*
+float64 NumPy eigendecomposition K = V diag(s) V^T (calling ``kernel_regression`` once per ridge
+would redo an XLA eigendecomposition each time, ~0.2 s for N = 256 on CPU against ~0.01 s in NumPy;
+the tests check that both give the same predictions). Ridges down to ~1e-10 of the kernel scale are
+meaningless in float32. The infinite-width NTK / NNGP come from ``overparam.kernels.analytic`` (pass
+e.g. ``ntk_fc`` with its keyword arguments as ``kernel_fn``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _check_square(name, k):
@@ -166,90 +182,125 @@ def gradient_flow_prediction(ntk_train_train, ntk_test_train, y_train, f0_train=
     return FlowPrediction(mean, mean_train, cov)
 
 
-# ------------------------------------------------ the finite networks these predictions describe
-@partial(jax.tree_util.register_dataclass,
-         data_fields=["f0_train", "f0_test", "f_train", "f_test", "diverged", "final_loss"], meta_fields=[])
+# ---------------------------------------------------------------- the linear model, GD or flow
+
+
+def _check(ntk_train, ntk_test_train, f0_train, f0_test, y):
+    n = ntk_train.shape[0]
+    if ntk_train.shape != (n, n):
+        raise ValueError(f"ntk_train has shape {ntk_train.shape}; expected square (N, N)")
+    if ntk_test_train.ndim != 2 or ntk_test_train.shape[1] != n:
+        raise ValueError(f"ntk_test_train has shape {ntk_test_train.shape}; expected (M, {n})")
+    for name, arr, size in (("f0_train", f0_train, n), ("y", y, n), ("f0_test", f0_test, ntk_test_train.shape[0])):
+        if arr.shape != (size,):
+            raise ValueError(f"{name} has shape {arr.shape}; expected ({size},)")
+
+
+def linear_model_prediction(ntk_train, ntk_test_train, f0_train, f0_test, y, lr, num_steps=None, time=None):
+    """Train and test outputs of the linear model after GD (``num_steps``) or gradient flow (``time``).
+
+    ntk_train (N, N), ntk_test_train (M, N), f0_train (N,), f0_test (M,), y (N,): scalar outputs.
+    Give exactly one of ``num_steps`` (discrete GD with step lr) or ``time`` (flow for time t, rate lr).
+    Returns (f_train (N,), f_test (M,)). Diverges (large outputs) when lr >= 2N / lambda_max.
+    """
+    _check(ntk_train, ntk_test_train, f0_train, f0_test, y)
+    if (num_steps is None) == (time is None):
+        raise ValueError("give exactly one of num_steps (gradient descent) or time (gradient flow)")
+    # The same spectral formula as kernel regression's gradient-flow prediction (one implementation);
+    # eigen-directions below 1e-12 of the top eigenvalue do not move.
+    pred = gradient_flow_prediction(ntk_train, ntk_test_train, y, f0_train, f0_test,
+                                    t=None if time is None else lr * time,
+                                    lr=lr if num_steps is not None else None, num_steps=num_steps, rcond=1e-12)
+    return pred.mean_train, pred.mean
+
+
+# ------------------------------------------------------ tuning kernel ridge regression (RBF, NTK)
+
+
+def rbf_kernel(x1, x2=None, bandwidth: float = 1.0):
+    """exp(-||x - x'||^2 / (2 bandwidth^2)): (N1, N2) for x1 (N1, d), x2 (N2, d), in the inputs' dtype."""
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth={bandwidth!r} must be > 0")
+    x1 = jnp.asarray(x1)
+    x2 = x1 if x2 is None else jnp.asarray(x2)
+    if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"x1 has shape {x1.shape} and x2 has shape {x2.shape}; expected (N1, d) and (N2, d)")
+    sq = jnp.sum(x1**2, 1)[:, None] + jnp.sum(x2**2, 1)[None, :] - 2 * x1 @ x2.T
+    return jnp.exp(-jnp.maximum(sq, 0.0) / (2 * bandwidth**2))
+
+
+def krr_predict(k_train, k_eval_train, y_train, rel_ridges):
+    """Kernel ridge predictions (R, N_eval, K) for ridges eps * trace(K)/N, eps in ``rel_ridges`` (R,).
+
+    k_train (N, N), k_eval_train (N_eval, N), y_train (N,) or (N, K); centred by the training
+    mean; float64 NumPy, one eigendecomposition for all ridges.
+    """
+    rel_ridges = np.atleast_1d(np.asarray(rel_ridges, dtype=np.float64))
+    if rel_ridges.ndim != 1 or np.any(rel_ridges <= 0):
+        raise ValueError(f"rel_ridges must be a 1-D array of values > 0, got {rel_ridges}")
+    k = np.asarray(k_train, dtype=np.float64)
+    ks = np.asarray(k_eval_train, dtype=np.float64)
+    y = np.asarray(y_train, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    n = k.shape[0]
+    if k.ndim != 2 or k.shape != (n, n) or ks.ndim != 2 or ks.shape[1] != n or y.shape[0] != n:
+        raise ValueError(f"shapes do not match: k_train {k.shape}, k_eval_train {ks.shape}, y_train {y.shape}")
+    ybar = y.mean(axis=0)
+    s, v = np.linalg.eigh((k + k.T) / 2)
+    ridges = rel_ridges * np.trace(k) / n
+    shrink = 1.0 / (np.maximum(s, 0.0)[:, None] + ridges[None, :])  # (N, R)
+    weights = shrink[:, :, None] * (v.T @ (y - ybar))[:, None, :]  # (N, R, K)
+    return ybar + np.moveaxis(np.tensordot(ks @ v, weights, axes=(1, 0)), 1, 0)
+
+
 @dataclass(frozen=True)
-class EnsembleRun:
-    """Outputs of S finite networks before and after training, for each learning rate (R of them).
+class KRRFit:
+    """Outcome of ``tune_krr``.
 
-    f0_train (S, N, K), f0_test (S, M, K): at initialization; f_train (R, S, N, K),
-    f_test (R, S, M, K): after ``num_steps`` of GD (minus f0 for centred runs); diverged (R, S) bool (outputs of a
-    diverged run are those at its last finite step; see ``overparam.training``);
-    final_loss (R, S): ``mse_loss`` on the training set, without the weight decay (inf if diverged).
+    best_params: kernel parameters (dict) of the best fit; best_rel_ridge: its eps (ridge =
+    eps * trace(K)/N); best_mse: its mean squared error on the evaluation set; mse: (P, R) errors
+    over the kernel-parameter grid (rows, in the given order) and the ridges (columns);
+    prediction: (N_eval, K) of the best fit.
     """
 
-    f0_train: jax.Array
-    f0_test: jax.Array
-    f_train: jax.Array
-    f_test: jax.Array
-    diverged: jax.Array
-    final_loss: jax.Array
+    best_params: dict
+    best_rel_ridge: float
+    best_mse: float
+    mse: np.ndarray
+    prediction: np.ndarray
+    rel_ridges: np.ndarray
+    params_grid: tuple
 
 
-def train_mlp_ensemble(key, x_train, y_train, x_test, depth: int, width: int, lrs, num_steps: int,
-                       activation: str = "relu", sigma_w=1.0, sigma_b=0.0, num_seeds: int = 4,
-                       weight_decay=0.0, centered=False) -> EnsembleRun:
-    """Train ``num_seeds`` ``MLP``s (ntk parameterization, hidden width ``width``) by full-batch GD.
+def tune_krr(
+    kernel_fn: Callable[..., Any], params_grid: Sequence[dict], x_train, y_train, x_eval, y_eval, rel_ridges
+) -> KRRFit:
+    """Grid search of kernel parameters x relative ridges by mean squared error on (x_eval, y_eval).
 
-    Loss: ``mse_loss`` (1/(2N) sum over examples and outputs) plus (weight_decay / 2) ||theta||^2
-    on all parameters (decay towards 0, not towards the initialization). lrs: (R,) learning
-    rates, each run for every seed; weight_decay: a scalar or (R,), paired with lrs.
-    centered: a bool or (R,) bools; a centred run trains g(theta, x) = f(theta, x) - f(theta_0, x),
-    which starts from g = 0 everywhere, and reports g (Lee et al. 2020): in the kernel regime it
-    follows the NTK mean prediction without the random initial function. One compilation per
-    (shapes, width, depth, activation, sigmas, num_steps); the per-run settings are traced.
-    The gradient-flow time of
-    a run is t = lr * num_steps (``gradient_flow_prediction``). Seed s is initialized from
-    ``jax.random.split(key, num_seeds)[s]`` (as ``overparam.models.init_mlp_ensemble``).
+    kernel_fn(x1, x2, **params) -> (N1, N2), called once per parameter set on (train + eval, train)
+    inputs in float64; params_grid: list of keyword dicts (e.g. [dict(bandwidth=h) for h in hs]).
+    Pass a noise-free test function as y_eval for the oracle-tuned ("best-tuned") estimator, or
+    held-out noisy data for honest validation.
     """
-    depth = _check_depth_positive(depth)
-    x_train, y_train, x_test = (jnp.asarray(a) for a in (x_train, y_train, x_test))
-    if y_train.ndim != 2 or y_train.shape[0] != x_train.shape[0]:
-        raise ValueError(f"y_train has shape {y_train.shape}; expected ({x_train.shape[0]}, K)")
-    widths = (x_train.shape[1],) + (int(width),) * (depth - 1) + (y_train.shape[1],)
-    lrs = jnp.atleast_1d(jnp.asarray(lrs, x_train.dtype))
-    if lrs.ndim != 1:
-        raise ValueError(f"lrs has shape {lrs.shape}; expected a scalar or (R,)")
-    wds = jnp.broadcast_to(jnp.asarray(weight_decay, x_train.dtype), lrs.shape)
-    centers = jnp.broadcast_to(jnp.asarray(centered, x_train.dtype), lrs.shape)
-    return _train_ensemble(jax.random.split(key, num_seeds), x_train, y_train, x_test, lrs, wds, centers, widths=widths,
-                           activation=activation, sigma_w=float(sigma_w), sigma_b=float(sigma_b),
-                           num_steps=int(num_steps))
-
-
-@partial(jax.jit, static_argnames=("widths", "activation", "sigma_w", "sigma_b", "num_steps"))
-def _train_ensemble(keys, x_train, y_train, x_test, lrs, wds, centers, *, widths, activation, sigma_w, sigma_b,
-                    num_steps):
-    from overparam.models import init_mlp_ensemble
-    from overparam.training import mse_loss, train_gd
-
-    apply_fn, params0 = init_mlp_ensemble(keys, widths, activation, "ntk", sigma_w, sigma_b)
-    batched = jax.vmap(apply_fn, (0, None))
-
-    f0_train, f0_test = batched(params0, x_train), batched(params0, x_test)
-
-    def run(setting):
-        lr, wd, center = setting
-
-        def train_one(p, f0):
-            def loss_fn(q):
-                penalty = sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(q))
-                return mse_loss(apply_fn(q, x_train) - center * f0, y_train) + 0.5 * wd * penalty
-
-            return train_gd(loss_fn, p, lr, num_steps, num_steps)
-
-        result = jax.vmap(train_one)(params0, f0_train)
-        f_train = batched(result.params, x_train) - center * f0_train
-        f_test = batched(result.params, x_test) - center * f0_test
-        final = jnp.where(result.diverged, jnp.inf, 0.5 * jnp.sum((f_train - y_train) ** 2, axis=(1, 2)) / y_train.shape[0])
-        return f_train, f_test, result.diverged, final
-
-    f_train, f_test, diverged, final_loss = jax.lax.map(run, (lrs, wds, centers))
-    return EnsembleRun(f0_train, f0_test, f_train, f_test, diverged, final_loss)
-
-
-def _check_depth_positive(depth) -> int:
-    if int(depth) != depth or depth < 2:
-        raise ValueError(f"depth={depth!r} must be an integer >= 2 (at least one hidden layer)")
-    return int(depth)
+    params_grid = tuple(dict(p) for p in params_grid)
+    if not params_grid:
+        raise ValueError("params_grid is empty; give at least one dict of kernel parameters (may be {})")
+    x_train, x_eval = np.asarray(x_train, dtype=np.float64), np.asarray(x_eval, dtype=np.float64)
+    y_eval = np.asarray(y_eval, dtype=np.float64)
+    y_eval = y_eval[:, None] if y_eval.ndim == 1 else y_eval
+    n_train = x_train.shape[0]
+    rel_ridges = np.atleast_1d(np.asarray(rel_ridges, dtype=np.float64))
+    mse = np.empty((len(params_grid), rel_ridges.size))
+    best = (np.inf, None)
+    for i, params in enumerate(params_grid):
+        with jax.enable_x64(True):
+            k_all = np.asarray(kernel_fn(jnp.asarray(np.concatenate([x_train, x_eval])), jnp.asarray(x_train), **params))
+        preds = krr_predict(k_all[:n_train], k_all[n_train:], y_train, rel_ridges)
+        mse[i] = np.mean((preds - y_eval[None]) ** 2, axis=(1, 2))
+        j = int(np.nanargmin(mse[i]))
+        if mse[i, j] < best[0]:
+            best = (mse[i, j], (i, j, preds[j]))
+    if best[1] is None:
+        raise ValueError("every kernel ridge fit gave a non-finite error; check the kernel and the ridges")
+    i, j, pred = best[1]
+    return KRRFit(params_grid[i], float(rel_ridges[j]), float(best[0]), mse, pred, rel_ridges, params_grid)

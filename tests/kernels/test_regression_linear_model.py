@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from overparam.kernels.linear_dynamics import linear_model_prediction
+from overparam.kernels.regression import linear_model_prediction
 
 
 # float64 everywhere: exact agreement of two exact computations

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from overparam.kernels import ridge as kr
+from overparam.kernels import regression as kr
 
 
 

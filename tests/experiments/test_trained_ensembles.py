@@ -1,0 +1,35 @@
+"""Tests of overparam.experiments.trained_ensembles: settings of the ensemble runs, and the kernel regime."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam.experiments.trained_ensembles import train_mlp_ensemble
+
+
+def test_train_mlp_ensemble_settings_and_the_kernel_regime():
+    # float32 here is fine: the comparisons are loose (finite width), and float64 doubles the time
+    with jax.enable_x64(False):
+        from overparam.kernels.analytic import ntk_fc
+        from overparam.kernels.regression import gradient_flow_prediction
+
+        rng = np.random.default_rng(0)
+        x, xt = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32), jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+        y = jnp.asarray(rng.normal(size=(8, 1)), jnp.float32)
+        theta = ntk_fc(jnp.concatenate([x, xt]), None, 2, "relu", 1.4, 0.1)
+        lr = 8 / float(jnp.linalg.eigvalsh(theta[:8, :8])[-1])
+        run = train_mlp_ensemble(jax.random.key(0), x, y, xt, 2, 4096, [0.0, 0.0, lr], 100, "relu", 1.4, 0.1, 2,
+                                 weight_decay=[0.0, 1.0, 0.0], centered=[False, True, False])
+        assert run.f_test.shape == (3, 2, 5, 1) and run.f0_train.shape == (2, 8, 1)
+        np.testing.assert_allclose(run.f_test[0], run.f0_test, atol=1e-6)  # lr = 0: nothing moves
+        np.testing.assert_allclose(run.f_test[1], 0.0, atol=1e-6)  # a centred net starts at zero
+        assert not bool(run.diverged.any())
+        # width 4096: the trained net is within O(1/sqrt(n)) of the NTK prediction from its own f0
+        for s in range(2):
+            pred = gradient_flow_prediction(theta[:8, :8], theta[8:, :8], y, run.f0_train[s], run.f0_test[s],
+                                            t=lr * 100).mean
+            moved = np.linalg.norm(pred - run.f0_test[s])
+            assert np.linalg.norm(run.f_test[2, s] - pred) < 5 / np.sqrt(4096) * moved + 1e-3
+    with pytest.raises(ValueError, match="depth"):
+        train_mlp_ensemble(jax.random.key(0), x, y, xt, 1, 16, [0.1], 2)
