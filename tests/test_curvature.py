@@ -22,11 +22,8 @@ from overparam.models import as_function, flatten_params, MLPSpec
 from _support import normal
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    # Lanczos eigenvalues are compared with dense eigh to ~1e-8; float32 would allow only ~1e-4.
-    with jax.enable_x64(True):
-        yield
+# Lanczos eigenvalues are compared with dense eigh to ~1e-8; float32 would allow only ~1e-4.
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def small_regression():
