@@ -92,3 +92,32 @@ def test_step_size_regimes_and_errors():
         mf.init_students(jax.random.split(jax.random.key(0), 1), D, 8, 4)
     with pytest.raises(ValueError, match="no step"):
         mf.discrepancy_experiment(jax.random.key(0), None, jnp.ones((2, D)), 4, 1.0, 0.1, 2, 1)
+
+
+def _online_sgd_reference(teacher, params0, data_key, eta, N, num_steps):
+    """Online SGD step by step in Python: x_n from fold_in(data_key, n), theta <- theta - eta N grad L_B."""
+    teacher_fn, teacher_params = teacher
+    apply_fn = mf.student_apply(D, WIDTH)
+    loss = lambda p, x, y: 0.5 * jnp.sum((mf.student_output(apply_fn, p, x, N) - y) ** 2) / x.shape[0]
+
+    @jax.jit
+    def step(p, n, eta, N):
+        x = jax.random.normal(jax.random.fold_in(data_key, n), (BATCH, D))
+        g = jax.grad(loss)(p, x, teacher_fn(teacher_params, x))
+        return jax.tree.map(lambda a, b: a - eta * N * b, p, g)
+
+    p = params0
+    for n in range(num_steps):
+        p = step(p, jnp.int32(n), jnp.float32(eta), jnp.int32(N))
+    return p
+
+
+def test_online_sgd_matches_a_step_by_step_reference(teacher):
+    N, eta, num_steps = 12, 0.1, 7
+    p0 = jax.tree.map(lambda a: a[0], mf.init_students(jax.random.split(jax.random.key(10), 1), D, N, WIDTH))
+    k = jax.random.key(11)
+    got = mf.online_sgd(mf.student_apply(D, WIDTH), teacher[0], p0, teacher[1], k, eta, N, num_steps,
+                        batch_size=BATCH)
+    want = _online_sgd_reference(teacher, p0, k, eta, N, num_steps)
+    np.testing.assert_allclose(mf.particles(got), mf.particles(want), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(mf.particles(got), mf.particles(p0))  # the steps moved the particles
