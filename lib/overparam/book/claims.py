@@ -316,10 +316,9 @@ def assess(registered: Mapping[str, Any], seed: int, replicas: Mapping[int, Mapp
     flags = list(flags)
     sd = spread(values.values())
     across = power_problem(values[seed], sd, region) if len(values) > 1 else ""
-    if across:
-        note = "; ".join(filter(None, [f"per seed: {note}" if note else "", f"across seeds: {across}"]))
-        if UNDERPOWERED not in flags:
-            flags.append(UNDERPOWERED)
+    note = "; ".join(filter(None, [f"per seed: {note}" if note else "", f"across seeds: {across}" if across else ""]))
+    if across and UNDERPOWERED not in flags:
+        flags.append(UNDERPOWERED)
     if registered["status"] == PASS and not all(outcomes.values()):
         flags.append(FRAGILE)
     enforced = registered["status"] != RECORDED

@@ -2,9 +2,10 @@
 
 ``ray.init(address)`` connects to a running cluster (``ray start`` on each node, or Ray's Slurm
 recipe; see README) or, without an address and with no cluster running here, starts a local
-instance. The repository is shipped to the workers as the tasks' ``working_dir`` (without
-``_build``, ``.venv``, ``.git`` and other generated folders), so workers need the same Python
-environment but no shared file system. Each task runs ``runner.run_chapter`` in a scratch folder
+instance. The repository (without ``_build``, ``.venv``, ``.git`` and other generated folders)
+is packed once, put in Ray's object store and unpacked on each node into
+``$OVERPARAM_RAY_CODE_DIR/<hash>`` (default: a folder in the node's temporary directory), so
+workers need the same Python environment but no shared file system. Each task runs ``runner.run_chapter`` in a scratch folder
 on its node, packs that run folder (notebook, results, status, figures, key) into a gzipped tar
 archive and returns it; the driver checks that the worker computed the same cache key as the
 driver (same code, pins and parameters) and unpacks the archive into the run folder
@@ -24,6 +25,8 @@ node and task ids, and Slurm's job id when the node runs under Slurm).
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import io
 import os
 import platform
@@ -38,22 +41,61 @@ from overparam.book.provenance import GIT_COMMIT_ENV, RUN_CONTEXT_ENV, git_commi
 from overparam.book.runner import (ChapterRun, _environment, _write_json, cache_key, cached_run,
                                    resolve_chapter, run_chapter, validate_parameters)
 
-# What a worker does not need from the repository (besides what .gitignore lists, which Ray also skips).
-SHIP_EXCLUDES = ["_build", ".venv", ".git", "node_modules", "book/_vendor", "student", "*.egg-info",
-                 "__pycache__", ".pytest_cache"]
+# What a worker does not need from the repository: generated, installed or version-control folders.
+# A pattern matches one path component, or (with a slash) the path from the repository root.
+SHIP_EXCLUDES = ("_build", ".venv", ".git", "node_modules", "book/_vendor", "book/generated", "student",
+                 "*.egg-info", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".jupyter_cache")
 RUN_SUBFOLDERS = ("notebooks", "results", "status", "figures", "keys")
+CODE_DIR_ENV = "OVERPARAM_RAY_CODE_DIR"
 
 
-def _execute(stem: str, scale: str, seed: int, env: dict[str, str]) -> dict[str, Any]:
+def _shipped(rel: Path) -> bool:
+    text = rel.as_posix()
+    return not any(fnmatch.fnmatch(text, pat) or any(fnmatch.fnmatch(part, pat) for part in rel.parts)
+                   for pat in SHIP_EXCLUDES)
+
+
+def pack_code(root: Path) -> tuple[str, bytes]:
+    """The repository's files a chapter run needs, as (sha256 of the archive, gzipped tar archive)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if path.is_file() and not path.is_symlink() and _shipped(rel):
+                info = tar.gettarinfo(str(path), arcname=rel.as_posix())
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+    data = buffer.getvalue()
+    return hashlib.sha256(data).hexdigest()[:16], data
+
+
+def unpack_code(digest: str, archive: bytes) -> Path:
+    """The repository copy ``digest`` on this node, unpacked once (concurrent tasks race safely)."""
+    base = Path(os.environ.get(CODE_DIR_ENV) or Path(tempfile.gettempdir()) / "overparam-code")
+    target = base / digest
+    if not target.exists():
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=base))
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            os.rename(tmp, target)  # atomic; fails if another task got there first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _execute(stem: str, scale: str, seed: int, env: dict[str, str], digest: str, code: bytes) -> dict[str, Any]:
     """Ray task body: run one chapter in a scratch folder on this node; return the run and its folder, packed.
 
-    The working directory is the repository copy Ray shipped; its ``lib`` goes first on the
-    chapter kernel's ``PYTHONPATH`` so that the shipped code, not an installed copy, is executed.
+    ``code`` is the packed repository (``pack_code``); its ``lib`` goes first on the chapter
+    kernel's ``PYTHONPATH`` so that the shipped code, not an installed copy, is executed.
     """
     import ray
 
     ctx = ray.get_runtime_context()
-    root = Path.cwd()
+    root = unpack_code(digest, code)
     env = {
         **env,
         RUN_CONTEXT_ENV["engine"]: "ray",
@@ -137,8 +179,6 @@ def run_on_ray(tasks: list, root: Path, *, force: bool = False, retries: int = 2
     """
     import ray
 
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     pending = []
     for task in tasks:
         cached = None if force else cached_run(task.stem, task.scale, {"seed": task.seed}, root=root, out=task.out)
@@ -150,18 +190,22 @@ def run_on_ray(tasks: list, root: Path, *, force: bool = False, retries: int = 2
         return
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, **(init_kwargs or {}))
+        try:
+            ray.init(address=address, **(init_kwargs or {}))
+        except (ConnectionError, RuntimeError) as exc:  # nothing was submitted
+            raise ValueError(f"cannot start or reach Ray at ray_address={address!r}: {exc}") from None
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        remote = ray.remote(_execute).options(
-            num_cpus=cpus_per_task, num_gpus=gpus, max_retries=retries, retry_exceptions=False,
-            runtime_env={"working_dir": str(root), "excludes": SHIP_EXCLUDES})
+        remote = ray.remote(_execute).options(num_cpus=cpus_per_task, num_gpus=gpus, max_retries=retries,
+                                              retry_exceptions=False)
         env = {GIT_COMMIT_ENV: git_commit(root)}
+        digest, code = pack_code(root)
+        code_ref = ray.put(code)
         refs = {}
         for task in pending:
             source = resolve_chapter(task.stem, root)
             expected = cache_key(source, validate_parameters(source, task.scale, {"seed": task.seed}), root)
-            refs[remote.remote(task.stem, task.scale, task.seed, env)] = (task, expected)
+            refs[remote.remote(task.stem, task.scale, task.seed, env, digest, code_ref)] = (task, expected)
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             task, expected = refs.pop(ready[0])

@@ -137,12 +137,16 @@ def plan(scales: str | Iterable[str], seeds: str | Iterable[int], chapters: str 
     return tasks
 
 
-def check_engine(engine: str, jobs: int = 1) -> None:
-    """ValueError for an unknown engine, a bad ``jobs``, or the Ray engine without Ray installed."""
+def check_engine(engine: str, jobs: int = 1, retries: int = 2, cpus_per_task: float = 1) -> None:
+    """ValueError for an unknown engine, a bad ``jobs``/``retries``/``cpus_per_task``, or Ray missing for ``ray``."""
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not a known engine; allowed: {', '.join(ENGINES)}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+    if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, (int, float)) or not cpus_per_task > 0:
+        raise ValueError(f"cpus_per_task must be a positive number, got {cpus_per_task!r}")
     if engine == "ray" and importlib.util.find_spec("ray") is None:
         raise ValueError("engine 'ray' needs Ray, which is not installed: pip install -e '.[cluster]' "
                          "(or make install-cluster)")
@@ -174,7 +178,7 @@ def sweep(scales: str | Iterable[str], seeds: str | Iterable[int], chapters: str
     (extra ``ray.init`` arguments) and ``cpus_per_task`` apply to the Ray engine.
     """
     root = Path(root or repo_root())
-    check_engine(engine, jobs)
+    check_engine(engine, jobs, retries, cpus_per_task)
     tasks = plan(scales, seeds, chapters, root=root)
     t0, done = time.perf_counter(), {}
 
