@@ -8,18 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from overparam.experiments import spiky_smooth as act
-from overparam.kernels.analytic import ntk_fc
-from overparam.models import MLP, MLPSpec
+from overparam.kernels.analytic import mlp_kernels, ntk_fc
 from overparam.kernels.empirical import ntk_layerwise
 from overparam.kernels.spectra import well_spread_points
-
-
-def _augment(x, beta):
-    """(x, beta)/sqrt(1 + beta^2): unit-norm inputs with the bias folded in."""
-    return np.concatenate([x, np.full((len(x), 1), beta)], axis=1) / np.sqrt(1 + beta**2)
 
 
 @pytest.mark.parametrize("beta", [0.0, 1.0])
@@ -42,19 +35,51 @@ def test_relu_taylor_coefficients_sum_to_the_kernels():
     np.testing.assert_allclose(np.polyval(k0c[::-1], rho), k0, atol=1e-12)
 
 
-def _finite_width_ntk(activation, x_aug, width, seed):
-    """Empirical NTK of MLP((D, width, 1)), ntk parameterization, no biases, inputs of norm sqrt(D)."""
-    dim = x_aug.shape[1]
-    model = MLPSpec((dim, width, 1), activation, "ntk", sigma_w=1.0, sigma_b=0.0, use_bias=False).module(seed)
-    return np.asarray(ntk_layerwise(model.spec, nnx.state(model, nnx.Param), jnp.asarray(np.sqrt(dim) * x_aug, jnp.float32)))
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_relu_ntk_dot_is_the_analytic_kernel_of_the_spiky_net_spec(x64, beta):
+    """The module's input/bias convention is the MLPSpec's: same network, same closed-form NTK."""
+    x = well_spread_points(7, 3)
+    inputs = act.spiky_net_inputs(x, beta)
+    assert inputs.shape == (7, 4)
+    np.testing.assert_allclose(np.linalg.norm(inputs, axis=1), 2.0, rtol=1e-12)  # sqrt(d + 1)
+    spec = act.spiky_net_spec(3, 16)
+    assert spec.widths == (4, 16, 1) and spec.activation == "relu" and not spec.use_bias
+    nngp, theta = mlp_kernels(spec, inputs)
+    t = np.clip(x @ x.T, -1, 1)
+    # atol: arccos near t = +-1 turns rounding of t (1e-16) into ~1e-8
+    np.testing.assert_allclose(np.asarray(theta), act.relu_ntk_dot(t, beta), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(nngp), act.relu_duals(act.bias_correlation(t, beta))[0], atol=1e-7)
+    with pytest.raises(ValueError, match="closed-form"):
+        mlp_kernels(act.spiky_net_spec(3, 16, 0.8, 2.0), inputs)  # the spiky kernel is this module's own
+
+
+def test_spiky_net_spec_is_hashed_by_value_and_validates():
+    spec = act.spiky_net_spec(2, 8, 0.5, 3.0)
+    assert spec == act.spiky_net_spec(2, 8, 0.5, 3.0) and hash(spec) == hash(act.spiky_net_spec(2, 8, 0.5, 3.0))
+    assert spec != act.spiky_net_spec(2, 8, 0.5, 4.0)
+    u = jnp.linspace(-1, 1, 5)
+    np.testing.assert_array_equal(spec.activation_fn(u), act.spiky_smooth_activation(u, 0.5, 3.0))
+    x = well_spread_points(5, 2)
+    assert spec(spec.init(0), jnp.asarray(act.spiky_net_inputs(x, 1.0), jnp.float32)).shape == (5, 1)
+    with pytest.raises(ValueError, match="frequency"):
+        act.SpikySmooth(1.0, 0.0)
+    with pytest.raises(ValueError, match="beta"):
+        act.spiky_net_inputs(x, -1.0)
+    with pytest.raises(ValueError, match="expected"):
+        act.spiky_net_inputs(x[0], 1.0)
+
+
+def _finite_width_ntk(a, b, x, beta, width, seed):
+    """Empirical NTK of ``spiky_net_spec`` (width hidden units) on ``spiky_net_inputs(x, beta)``, float32."""
+    spec = act.spiky_net_spec(x.shape[1], width, a, b)
+    return np.asarray(ntk_layerwise(spec, spec.init(seed), jnp.asarray(act.spiky_net_inputs(x, beta), jnp.float32)))
 
 
 def test_spiky_smooth_ntk_matches_a_wide_network():
     """At b = 2 the cross terms 2 a rho e^{-b^2/2} are ~0.2: the closed form must include them."""
     a, b, beta, width = 0.8, 2.0, 1.0, 40_000
     x = well_spread_points(6, 2)
-    phi = lambda u: act.spiky_smooth_activation(u, a, b)  # noqa: E731
-    emp = np.mean([_finite_width_ntk(phi, _augment(x, beta), width, s) for s in range(3)], axis=0)
+    emp = np.mean([_finite_width_ntk(a, b, x, beta, width, s) for s in range(3)], axis=0)
     ana = act.spiky_smooth_ntk_dot(np.clip(x @ x.T, -1, 1), a, b, beta)
     np.testing.assert_allclose(emp, ana, atol=0.02)  # MC std ~ 1/sqrt(3 * 40000) x O(1)
     without_cross = ana - 2 * a * act.bias_correlation(np.clip(x @ x.T, -1, 1), beta) * np.exp(-b**2 / 2)

@@ -2,12 +2,16 @@ r"""Binary-weight two-layer networks (stochastic rounding, straight-through grad
 
 The model (following Zhang, Yin & Wang 2022, who treat the binary weights as random
 variables under stochastic rounding). Inputs x~ (N, D) with unit-norm rows; hidden width m;
-real output weights v (m,); real *latent* first-layer weights W (D, m) in [-1, 1]:
+real output weights v (m, 1); real *latent* first-layer weights W (D, m) in [-1, 1]:
 
     forward:   Q = round(W),  Q_ij = +1 with probability (1 + W_ij)/2, else -1  (so E Q = W),
                f(x~; Q) = (1/sqrt(m)) sum_j v_j relu(Q_j . x~),
     backward:  straight-through, dQ/dW := 1 (the gradient of the rounded net w.r.t. Q is used for W),
     after a step: W is clipped back to [-1, 1] (BinaryConnect).
+
+In code: ``binary_net_init`` / ``binary_net_apply`` (outputs (N, 1)), trained by
+``train_binary_net`` (full-batch GD on ``training.run_loop``, the clipping as its constraint);
+``binary_net_gaps`` runs one training per seed and measures train and test errors.
 
 A fresh Q is drawn at every forward pass (every training step), so the weights the network
 computes with are exactly +-1 and the rounding noise acts in the forward pass. Predictions
@@ -25,8 +29,8 @@ pre-activations u + sqrt(1-q) z have unit variance and correlation q rho, hence
 
     Theta_bin(t) = K1(q rho) + rho K0(q rho)     vs     Theta_real(t) = K1(rho) + rho K0(rho),
 
-with K1, K0 the arc-cosine kernels (``activations.relu_duals``) and rho = t without a bias
-(``activations.bias_correlation`` with beta). The rounding noise *shrinks the correlation*
+with K1, K0 the arc-cosine kernels (``spiky_smooth.relu_duals``) and rho = t without a bias
+(``spiky_smooth.bias_correlation`` with beta). The rounding noise *shrinks the correlation*
 by q < 1 inside the arc-cosine kernels, which moves their singularity at rho = 1 out to
 rho = 1/q: Theta_bin is analytic on [-1, 1] and its spectrum decays geometrically.
 
@@ -44,9 +48,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from overparam.experiments.spiky_smooth import bias_correlation, relu_duals, relu_taylor_coefficients
 from overparam.kernels.spectra import taylor_compose_affine
+from overparam.training import mse_loss, run_loop
 
 
 # ------------------------------------------------------------------------------ analytic kernel
@@ -60,7 +66,7 @@ def check_q(q):
 def binary_ntk_dot(t, q: float, beta: float = 0.0):
     """NTK of the quasi (binary-weight) network, Theta_bin(t) = K1(q rho) + rho K0(q rho), float64.
 
-    q = 1 gives back the real-weight ReLU NTK ``activations.relu_ntk_dot``.
+    q = 1 gives back the real-weight ReLU NTK ``spiky_smooth.relu_ntk_dot``.
     """
     rho = bias_correlation(t, beta)
     k1, k0 = relu_duals(check_q(q) * rho)
@@ -101,17 +107,18 @@ def random_embedding(key, d: int, big_d: int) -> jax.Array:
 
 
 def stochastic_round(key, w):
-    """Q in {-1, +1} with P(Q = +1) = (1 + w)/2 for w in [-1, 1]: unbiased, E Q = w."""
+    """Q in {-1, +1} with P(Q = +1) = (1 + w)/2 for w in [-1, 1]: unbiased, E Q = w (Q has w's shape and dtype)."""
     return jnp.where(jax.random.uniform(key, w.shape, w.dtype) < 0.5 * (1.0 + w), 1.0, -1.0).astype(w.dtype)
 
 
-def init_two_layer(key, d_in: int, width: int, binary: bool, latent_bound: float = 1.0):
-    """params {"w": (d_in, width), "v": (width,)} with f = 0 at initialization (antisymmetric pairs).
+def binary_net_init(key, d_in: int, width: int, binary: bool, latent_bound: float = 1.0):
+    """params {"w": (d_in, width), "v": (width, 1)} with f = 0 at initialization (antisymmetric pairs).
 
     width must be even: neurons j and j + width/2 share the first-layer weights and have
     opposite v, so the real network (and the mean over rounding of the binary one) is exactly
     0 at initialization while the NTK is unchanged (no random initial function adds to the
-    test error). w ~ U(-latent_bound, latent_bound) (binary) or N(0, 1) (real); v ~ N(0, 1).
+    test error). w ~ U(-latent_bound, latent_bound) (binary: the latent weights) or N(0, 1)
+    (real); v ~ N(0, 1).
     """
     if width % 2:
         raise ValueError(f"width={width} must be even (antisymmetric pairs of neurons)")
@@ -122,14 +129,20 @@ def init_two_layer(key, d_in: int, width: int, binary: bool, latent_bound: float
     else:
         w = jax.random.normal(kw, (d_in, half))
     v = jax.random.normal(kv, (half,))
-    return {"w": jnp.concatenate([w, w], axis=1), "v": jnp.concatenate([v, -v])}
+    return {"w": jnp.concatenate([w, w], axis=1), "v": jnp.concatenate([v, -v])[:, None]}
 
 
-def two_layer_apply(params, x, key=None, *, binary: bool = False):
-    """f(x) (N,) = relu(x @ W_eff) @ v / sqrt(m); W_eff = W (real) or one rounding draw of W (binary).
+def binary_net_apply(params, x, key=None, *, binary: bool = False):
+    """f(x) (N, 1) = relu(x @ W_eff) @ v / sqrt(m); W_eff = W (real) or one rounding draw Q of W (binary).
 
-    x: (N, D) unit-norm rows. binary=True needs ``key`` (one Q for the whole batch) and uses the
-    straight-through estimator W + stop_gradient(Q - W): forward value Q, gradient as if W.
+    x: (N, D) unit-norm rows; params from ``binary_net_init`` (w (D, m), v (m, 1)). binary=True
+    needs ``key`` (one Q for the whole batch) and uses the straight-through estimator
+    W + stop_gradient(Q - W): forward value Q, gradient as if W.
+
+    The real network (binary=False) is ``MLPSpec.two_layer(D, m)`` (ntk parameterization, no
+    biases) on the inputs sqrt(D) x, with layers [w, v]: that spec's 1/sqrt(D) is absorbed by
+    the unit-norm rows here (tests/experiments/test_binary_weights.py checks both the function
+    and its infinite-width NTK, ``binary_ntk_dot`` at q = 1, against ``kernels.analytic.mlp_kernels``).
     """
     w, v = params["w"], params["v"]
     if binary:
@@ -139,13 +152,23 @@ def two_layer_apply(params, x, key=None, *, binary: bool = False):
     return jax.nn.relu(x @ w) @ v / math.sqrt(v.shape[0])
 
 
-@partial(jax.jit, static_argnames=("binary", "num_draws"))
-def quasi_predict(params, x, key, *, binary: bool, num_draws: int = 64):
-    """Mean prediction over ``num_draws`` rounding draws (N,) (binary), or the plain output (real)."""
-    if not binary:
-        return two_layer_apply(params, x)
+def clip_latent_weights(params):
+    """The BinaryConnect projection after each step: latent first-layer weights w clipped to [-1, 1]."""
+    return {"w": jnp.clip(params["w"], -1.0, 1.0), "v": params["v"]}
+
+
+@partial(jax.jit, static_argnames=("num_draws",))
+def _quasi_mean(params, x, key, *, num_draws: int):
     keys = jax.random.split(key, num_draws)
-    return jnp.mean(jax.vmap(lambda k: two_layer_apply(params, x, k, binary=True))(keys), axis=0)
+    return jnp.mean(jax.vmap(lambda k: binary_net_apply(params, x, k, binary=True))(keys), axis=0)
+
+
+def quasi_predict(params, x, key, *, binary: bool, num_draws: int = 64):
+    """Mean prediction (N, 1) over ``num_draws`` rounding draws (binary), or the plain output (real).
+
+    x: (N, D) unit-norm rows; key: the rounding draws ``jax.random.split(key, num_draws)``.
+    """
+    return _quasi_mean(params, x, key, num_draws=num_draws) if binary else binary_net_apply(params, x)
 
 
 @dataclass(frozen=True)
@@ -162,32 +185,39 @@ class GapResult:
     losses: np.ndarray
 
 
+def _rounding_keys(data, t):
+    x, y, key = data
+    return x, y, jax.random.fold_in(key, t)
+
+
 @partial(jax.jit, static_argnames=("binary", "num_steps"))
-def _train_scan(params0, x, y, lr, key, *, binary: bool, num_steps: int):
-    def loss_fn(params, k):
-        return 0.5 * jnp.mean((two_layer_apply(params, x, k, binary=binary) - y) ** 2)
+def train_binary_net(params0, x, y, lr, key, *, binary: bool, num_steps: int):
+    """Full-batch GD on ``mse_loss`` = 1/(2n) sum (f - y)^2: (params after num_steps, step losses (num_steps,)).
 
-    grad_fn = jax.value_and_grad(loss_fn)
+    params0 from ``binary_net_init``; x (n, D) unit-norm rows, y (n, 1); lr relative to this loss.
+    Step t computes the loss and its straight-through gradient with the rounding draw
+    ``fold_in(key, t)`` (binary; the real network ignores key), updates theta <- theta - lr grad,
+    then clips the latent weights to [-1, 1] (binary: ``clip_latent_weights``). One
+    ``training.run_loop`` without divergence handling; losses[t] is the loss at theta_t.
+    """
+    def loss_fn(params, x, y, k):
+        return mse_loss(binary_net_apply(params, x, k, binary=binary), y)
 
-    def step(params, t):
-        loss, g = grad_fn(params, jax.random.fold_in(key, t))
-        params = jax.tree.map(lambda p, gp: p - lr * gp, params, g)
-        if binary:
-            params = {"w": jnp.clip(params["w"], -1.0, 1.0), "v": params["v"]}
-        return params, loss
-
-    return jax.lax.scan(step, params0, jnp.arange(num_steps))
+    result = run_loop(loss_fn, params0, optax.sgd(lr), num_steps, data=(x, y, key), batches=_rounding_keys,
+                      constraint=clip_latent_weights if binary else None, record_every=num_steps,
+                      divergence_threshold=None)
+    return result.params, result.step_losses
 
 
-def train_two_layer(keys, x, y, x_test, y_test, *, binary: bool, width: int, lr: float, num_steps: int,
+def binary_net_gaps(keys, x, y, x_test, y_test, *, binary: bool, width: int, lr: float, num_steps: int,
                     latent_bound: float = 1.0, num_draws: int = 256) -> GapResult:
-    """Full-batch GD on 1/(2n) sum (f - y)^2, one run per seed (vmapped), then train/test errors.
+    """``train_binary_net`` once per seed (vmapped) from ``binary_net_init``, then train/test errors.
 
     keys: (S,) typed keys (init, rounding and evaluation draws of each seed); x (S, n, D) and
     x_test (S, M, D) unit-norm rows; y (S, n), y_test (S, M) labels (one data set per seed;
-    noisy labels on both sides give the usual generalization gap). lr is relative to this
-    loss (stable for lr < 2 / lambda_max(Theta / n)). The binary network draws a fresh
-    rounding at every step; its errors are those of ``quasi_predict`` with ``num_draws``.
+    noisy labels on both sides give the usual generalization gap). lr is relative to
+    1/(2n) sum (f - y)^2 (stable for lr < 2 / lambda_max(Theta / n)). The binary network draws
+    a fresh rounding at every step; its errors are those of ``quasi_predict`` with ``num_draws``.
     """
     x, y, x_test, y_test = (jnp.asarray(a, jnp.float32) for a in (x, y, x_test, y_test))
     s = len(keys)
@@ -198,9 +228,10 @@ def train_two_layer(keys, x, y, x_test, y_test, *, binary: bool, width: int, lr:
 
     def one_seed(key, x, y, x_test, y_test):
         k_init, k_train, k_eval = jax.random.split(key, 3)
-        params0 = init_two_layer(k_init, x.shape[1], width, binary, latent_bound)
-        params, losses = _train_scan(params0, x, y, jnp.float32(lr), k_train, binary=binary, num_steps=num_steps)
-        f_all = quasi_predict(params, jnp.concatenate([x, x_test]), k_eval, binary=binary, num_draws=num_draws)
+        params0 = binary_net_init(k_init, x.shape[1], width, binary, latent_bound)
+        params, losses = train_binary_net(params0, x, y[:, None], jnp.float32(lr), k_train, binary=binary,
+                                          num_steps=num_steps)
+        f_all = quasi_predict(params, jnp.concatenate([x, x_test]), k_eval, binary=binary, num_draws=num_draws)[:, 0]
         f_train, f_test = f_all[: x.shape[0]], f_all[x.shape[0]:]
         return jnp.mean((f_train - y) ** 2), jnp.mean((f_test - y_test) ** 2), losses
 
@@ -237,7 +268,7 @@ def kernel_gd_errors(kernel_fn, x, y, x_test, y_test, lr: float, num_steps: int)
     """(train MSE, test MSE) of the linearized network f = 0 + kernel GD: (I - lr K/n)^T on the residual.
 
     kernel_fn: dot-product kernel t -> Theta(t) (e.g. ``binary_ntk_dot``); x (n, d), x_test (M, d)
-    unit-norm rows; same loss and lr convention as ``train_two_layer``. float64.
+    unit-norm rows; same loss and lr convention as ``train_binary_net``. float64.
     """
     from overparam.kernels.spectra import dot_kernel_matrix
 

@@ -10,20 +10,24 @@ so every pre-activation u = w . x~ is N(0, 1) and two inputs give correlation
 
     rho(t) = (t + beta^2) / (1 + beta^2),   t = x . x'    (``bias_correlation``).
 
+In the book's model description this is ``spiky_net_spec(d, m, a, b)`` (``MLPSpec.two_layer(d + 1, m)``:
+widths (d + 1, m, 1), ntk parameterization, sigma_w = 1, no biases) applied to
+``spiky_net_inputs(x, beta)`` = sqrt(d + 1) x~ (that spec divides its inputs by sqrt(d + 1)): the
+bias of this network is the spec's last input coordinate, not the spec's sigma_b (which would also
+give the output layer a bias). For ReLU, ``kernels.analytic.mlp_kernels(spiky_net_spec(d, m),
+spiky_net_inputs(x, beta))`` is ``relu_ntk_dot(x . x', beta)``; the tests check this, and the
+spiky-smooth NTK against the empirical NTK of a wide ``spiky_net_spec`` network.
+
 The NTK (gradient inner product over w and v, summed over parameters, per output) is the
 dot-product kernel
 
     Theta(t) = E[phi(u) phi(u')] + rho E[phi'(u) phi'(u')],   (u, u') ~ N(0, [[1, rho], [rho, 1]]).
 
-It equals (``kernels_analytic.ntk_fc(depth=2, sigma_w=1, sigma_b=beta)`` - beta^2) / (1 + beta^2)
-for inputs of norm sqrt(d): that module does not normalize the first-layer variance and also
-gives the output layer a bias (the - beta^2).
-
 * ReLU: E[relu relu'] = K1(rho) = (sqrt(1-rho^2) + (pi - arccos rho) rho) / (2 pi) and
   E[step step'] = K0(rho) = (pi - arccos rho) / (2 pi) (arc-cosine kernels, Cho & Saul 2009),
-  taken from ``kernels_analytic.dual_activation``; ``relu_ntk_dot``.
+  taken from ``kernels.analytic.dual_activation``; ``relu_ntk_dot``.
 * Spiky-smooth (Haas et al. 2023): phi(u) = relu(u) + (a/b) sin(b u), a small (a/b) and fast
-  (b) fluctuation whose *derivative* a cos(b u) is O(a). Its NTK is exactly
+  (b) fluctuation whose *derivative* a cos(b u) is O(a) (``SpikySmooth``). Its NTK is exactly
 
       Theta_ss(rho) = Theta_relu(rho) + 2 a rho e^{-b^2/2}
                       + a^2 e^{-b^2} (rho cosh(b^2 rho) + sinh(b^2 rho) / b^2),
@@ -38,18 +42,27 @@ spikes 1e-5 wide are exact to rounding); the activations are jax.numpy functions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from overparam.kernels.analytic import dual_activation
 from overparam.kernels.spectra import dot_kernel_matrix, one_minus_dot
+from overparam.models import MLPSpec
+
+
+def check_beta(beta) -> float:
+    """Validate the first-layer bias scale beta >= 0."""
+    if not beta >= 0:
+        raise ValueError(f"beta={beta!r} must be >= 0 (the first-layer bias scale)")
+    return float(beta)
 
 
 def bias_correlation(t, beta: float = 0.0):
     """rho = (t + beta^2) / (1 + beta^2): correlation of the pre-activations of inputs with x . x' = t."""
-    if not beta >= 0:
-        raise ValueError(f"beta={beta!r} must be >= 0 (the first-layer bias scale)")
+    check_beta(beta)
     return (np.asarray(t, dtype=np.float64) + beta**2) / (1.0 + beta**2)
 
 
@@ -61,7 +74,7 @@ def _relu_duals_jit(r):
 def relu_duals(rho):
     """(K1(rho), K0(rho)) = (E[relu(u) relu(u')], E[step(u) step(u')]) for unit-variance u, u' of correlation rho.
 
-    float64 NumPy arrays of rho's shape, from ``kernels_analytic.dual_activation`` (run in
+    float64 NumPy arrays of rho's shape, from ``kernels.analytic.dual_activation`` (run in
     float64: the spectra and the ridgeless solves need it).
     """
     rho = np.asarray(rho, dtype=np.float64)
@@ -82,7 +95,7 @@ def relu_taylor_coefficients(num_terms: int):
 
     K1 = 1/(2 pi) + rho/4 + sum_{m>=0} a_m rho^{2m+2} / ((2m+2) 2 pi),
     K0 = 1/4 + arcsin(rho)/(2 pi) = 1/4 + sum_{m>=0} a_m rho^{2m+1} / (2 pi),
-    a_m = (2m)! / (4^m (m!)^2 (2m+1)); from ``kernels_analytic.dual_series_coefficients``.
+    a_m = (2m)! / (4^m (m!)^2 (2m+1)); from ``kernels.analytic.dual_series_coefficients``.
     They converge for |rho| <= 1 only like m^{-3/2}: slow at rho = 1 (the kernel's singularity).
     """
     from overparam.kernels.analytic import dual_series_coefficients
@@ -105,9 +118,53 @@ def check_spike(amplitude, frequency):
 
 
 def spiky_smooth_activation(u, amplitude: float, frequency: float):
-    """phi(u) = relu(u) + (a/b) sin(b u): ReLU plus a fluctuation of height a/b and slope up to a (jnp)."""
+    """phi(u) = relu(u) + (a/b) sin(b u): ReLU plus a fluctuation of height a/b and slope up to a (jnp, u's shape)."""
     check_spike(amplitude, frequency)
     return jax.nn.relu(u) + (amplitude / frequency) * jnp.sin(frequency * u)
+
+
+@dataclass(frozen=True)
+class SpikySmooth:
+    """The activation u -> ``spiky_smooth_activation(u, amplitude, frequency)`` as a value.
+
+    Frozen and hashed by its two numbers, so ``MLPSpec``s built with equal ``SpikySmooth``s are
+    equal and share one jit compilation (a lambda would be hashed by identity).
+    """
+
+    amplitude: float
+    frequency: float
+
+    def __post_init__(self):
+        check_spike(self.amplitude, self.frequency)
+
+    def __call__(self, u):
+        return spiky_smooth_activation(u, self.amplitude, self.frequency)
+
+
+def spiky_net_spec(d: int, width: int, amplitude: float = 0.0, frequency: float = 1.0) -> MLPSpec:
+    """The two-layer network of the module docstring: ``MLPSpec.two_layer(d + 1, width, phi)``.
+
+    phi = ``SpikySmooth(amplitude, frequency)``, or the named "relu" for amplitude = 0 (the same
+    function, with a closed-form kernel in ``kernels.analytic``). Its inputs are
+    ``spiky_net_inputs(x, beta)`` (N, d + 1); ``spec(params, inputs)`` is (N, 1).
+    """
+    check_spike(amplitude, frequency)
+    activation = "relu" if amplitude == 0 else SpikySmooth(float(amplitude), float(frequency))
+    return MLPSpec.two_layer(d + 1, width, activation)
+
+
+def spiky_net_inputs(x, beta: float = 0.0) -> np.ndarray:
+    """sqrt(d + 1) (x, beta) / sqrt(1 + beta^2): (N, d + 1) inputs of ``spiky_net_spec`` for unit-norm x (N, d).
+
+    The bias folded in as a last coordinate; the rows have norm sqrt(d + 1), as the spec's
+    ntk parameterization expects (it divides by sqrt(d + 1)). float64 NumPy.
+    """
+    check_beta(beta)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"x has shape {x.shape}; expected (N, d) unit-norm rows")
+    folded = np.concatenate([x, np.full((len(x), 1), float(beta))], axis=1)
+    return folded * np.sqrt((x.shape[1] + 1) / (1.0 + beta**2))
 
 
 def spike_ntk_dot(rho, amplitude: float, frequency: float, one_minus_rho=None):
@@ -175,7 +232,7 @@ def kernel_fit(k_train, k_test, y, f_test, ridge: float = 0.0):
 
     k_train (n, n), k_test (M, n), y (n,), f_test (M,) clean targets. ridge = 0 is the
     minimum-norm interpolant (ridgeless; the infinite-width network trained to convergence
-    from f = 0). Uses ``kernel_regression.kernel_regression`` in float64.
+    from f = 0). Uses ``kernels.regression.kernel_regression`` in float64.
     """
     with jax.enable_x64(True):
         both = np.asarray(_kernel_regression_jit(k_train, np.concatenate([k_train, k_test]), y, float(ridge)))
