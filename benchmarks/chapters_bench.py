@@ -38,8 +38,8 @@ import jax_events
 from common import print_table
 
 COLUMNS = [("chapter", "chapter", ""), ("status", "status", ""), ("wall_s", "wall s", ".1f"),
-           ("notebook_s", "notebook s", ".1f"), ("cells_s", "cells s", ".1f"), ("compilations", "compiles", "d"), ("trace_s", "trace s", ".1f"),
-           ("lower_s", "lower s", ".1f"), ("backend_s", "backend s", ".1f"), ("compile_s", "compile s", ".1f"),
+           ("notebook_s", "notebook s", ".1f"), ("cells_s", "cells s", ".1f"), ("compilations", "compiles", "d"),
+           ("trace_s", "trace s", ".1f"), ("lower_s", "lower s", ".1f"), ("backend_s", "backend s", ".1f"), ("compile_s", "compile s", ".1f"),
            ("run_s", "run s", ".1f"), ("top", "top", "")]
 
 

@@ -180,11 +180,12 @@ def ch06(c):
 
     x, y = f32(c["n_train"], 1), f32(c["n_train"], 1)
     out = []
+    k0 = jax.random.key(0)
+    parallel = lambda: pn.parallel_init(k0, c["num_subnets"], c["width"], c["depth"], knots=(-1.0, 1.0))  # noqa: E731
+    resnet = lambda: pn.resnet_init(k0, c["res_blocks"], c["width"], c["depth"])  # noqa: E731
     for label, init, apply_fn, lams, steps in [
-            (f"{c['num_subnets']} parallel subnets", lambda: pn.parallel_init(jax.random.key(0), c["num_subnets"], c["width"], c["depth"], knots=(-1.0, 1.0)),
-             pn.parallel_apply, c["lams"], c["steps"]),
-            (f"ResNet of {c['res_blocks']} blocks", lambda: pn.resnet_init(jax.random.key(0), c["res_blocks"], c["width"], c["depth"]),
-             pn.resnet_apply, c["res_lams"], c["res_steps"])]:
+            (f"{c['num_subnets']} parallel subnets", parallel, pn.parallel_apply, c["lams"], c["steps"]),
+            (f"ResNet of {c['res_blocks']} blocks", resnet, pn.resnet_apply, c["res_lams"], c["res_steps"])]:
         opt = optax.adam(optax.cosine_decay_schedule(c["lr"], steps, alpha=1e-2))
         lam = jnp.array(lams)
 
