@@ -55,12 +55,12 @@ student: install             ## student edition into student/ (STUDENT_SCALE=smo
 grade: install               ## grade a folder of submissions: make grade SUBMISSIONS=path/to/folder
 	$(PY) -m overparam grade $(SUBMISSIONS) --json grades.json
 
-bench: install               ## benchmark tables: empirical NTK, Hessian eigenvalues, training throughput, chapter times
+bench: install               ## benchmark tables: empirical NTK, Hessian eigenvalues, training throughput, full-scale memory, chapter compile times
 	$(PY) benchmarks/ntk_bench.py
 	$(PY) benchmarks/hessian_bench.py
 	$(PY) benchmarks/training_bench.py
-	@if [ -d _build/runs/$(SCALE)/status ]; then $(PY) benchmarks/chapters_bench.py --scale $(SCALE); \
-	else echo "no build at scale $(SCALE) in _build/runs: run make book for the per-chapter table"; fi
+	$(PY) benchmarks/full_memory.py
+	$(PY) benchmarks/chapters_bench.py --scale smoke
 
 bench-peers: install         ## side-by-side with neural-tangents in its own throw-away venv (_build/peers-venv)
 	$(PY) benchmarks/peers_bench.py

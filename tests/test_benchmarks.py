@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -90,3 +92,109 @@ def test_parse_shape():
     assert parse_shape("1024x256") == (1024, 256)
     with pytest.raises(Exception, match="WIDTHxN"):
         parse_shape("1024")
+
+
+def test_jax_events_log_counts_each_compile(tmp_path):
+    """A process started with the sitecustomize logs one backend compile per new shape, none for a repeat."""
+    import subprocess
+    import textwrap
+
+    import jax_events
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(jax_events.sitecustomize_source())
+    script = textwrap.dedent("""
+        import numpy as np, jax
+        double = jax.jit(lambda a: 2 * a)
+        double(np.ones(3)); double(np.ones(3)); double(np.ones(4))
+    """)
+
+    def run(log, cache):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+               jax_events.EVENTS_ENV: str(log), jax_events.NO_CACHE_ENV: "0" if cache else "1",
+               "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+        subprocess.run([sys.executable, "-c", script], env=env, check=True)
+        return [line.split("\t") for line in log.read_text().splitlines()], jax_events.summarize(log)
+
+    lines, s = run(tmp_path / "cold.log", cache=False)
+    assert [kind for kind, _, name in lines if "lambda" in name] == ["trace", "lower", "backend"] * 2
+    assert s["compilations"] == s["backend_events"] == 2 and s["cache_hits"] == 0
+    assert s["compile_s"] == pytest.approx(sum(float(secs) for _, secs, _ in lines))
+    assert not (tmp_path / "cache").exists()  # the cache was off
+    run(tmp_path / "fill.log", cache=True)
+    _, warm = run(tmp_path / "warm.log", cache=True)  # the same two programs, read from the persistent cache
+    assert warm["backend_events"] == warm["cache_hits"] == 2 and warm["compilations"] == 0
+    assert jax_events.summarize(tmp_path / "absent.log")["compilations"] == 0
+
+
+@pytest.mark.slow
+def test_chapters_bench_counts_one_chapter_at_smoke(tmp_path):
+    from chapters_bench import bench_chapter
+
+    row = bench_chapter("02", "smoke", workdir=tmp_path)
+    s = row["summary"]
+    assert row["status"] == "ok", row["error"]
+    assert row["claims_total"] > 0
+    assert s["traces"] > 0 and s["lowerings"] >= s["backend_events"] > 0
+    assert row["compilations"] == s["backend_events"] - s["cache_hits"] > 0  # cache off: every backend event compiles
+    assert s["cache_hits"] == 0
+    assert row["compile_s"] == pytest.approx(row["trace_s"] + row["lower_s"] + row["backend_s"])
+    assert 0 < row["compile_s"] < row["cells_s"] < row["wall_s"] and 0 < row["notebook_s"] < row["cells_s"]
+    assert row["run_s"] == pytest.approx(row["cells_s"] - row["compile_s"])
+    import json
+    results = json.loads((tmp_path / "runs" / "smoke" / "results" / "02.json").read_text())
+    assert len(results["claims"]) == row["claims_total"] and results["wall_time_s"] == row["notebook_s"]
+
+
+def test_step_matmul_shapes_add_up_to_the_flop_counts():
+    from training_bench import forward_matmul_shapes, step_matmul_shapes
+
+    flops = lambda shapes: sum(2 * m * k * n for m, k, n in shapes)
+    assert flops(step_matmul_shapes(WIDTHS, N)) == gradient_flops(WIDTHS, N)
+    assert flops(forward_matmul_shapes(WIDTHS, N)) == forward_flops(WIDTHS, N)
+    assert step_matmul_shapes((3, 4, 2), 5) == [(5, 3, 4), (5, 4, 2), (3, 5, 4), (4, 5, 2), (5, 2, 4)]
+
+
+def test_full_memory_reads_sizes_and_measures_buffers():
+    from full_memory import chapter_sizes, COMPUTATIONS, memory_of
+
+    smoke, full = chapter_sizes("07", "smoke"), chapter_sizes("07", "full")
+    assert set(smoke) == set(full) and full["ngd_width"] > smoke["ngd_width"]
+    assert len(chapter_sizes("03", "full")["multiples"]) > 1  # a grid built with np in the chapter
+    with pytest.raises(ValueError, match="scale"):
+        chapter_sizes("07", "huge")
+    row = memory_of(lambda a: (2 * a).sum(axis=1), (jax.ShapeDtypeStruct((256, 64), jnp.float32),))
+    assert row["arguments"] == 256 * 64 * 4 and row["outputs"] == 256 * 4
+    assert row["peak"] == row["arguments"] + row["outputs"] + row["temps"] - row["aliased"]
+    # every chapter has an entry; one of them compiles at smoke sizes
+    assert sorted(COMPUTATIONS) == [f"{i:02d}" for i in range(1, 10)]
+    (name, fn, args, x64), *_ = COMPUTATIONS["07"](smoke)
+    assert memory_of(fn, args, x64)["peak"] > 0 and str(smoke["ngd_width"]) in name
+
+
+def test_gpu_full_runs_fastest_first_within_the_budget(tmp_path):
+    from gpu_full import fastest_first, load_estimates, pinned_jax_version, run_all, summary_table
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned_jax_version())
+    assert set(load_estimates()) == {f"{i:02d}" for i in range(1, 10)}  # the committed ci times
+    (tmp_path / "01.json").write_text('{"wall_time_s": 9.0}')
+    (tmp_path / "02.json").write_text('{"wall_time_s": 3.0}')
+    assert load_estimates(tmp_path) == {"01": 9.0, "02": 3.0}
+    assert fastest_first(["01", "03", "02"], {"01": 9.0, "02": 3.0}) == ["02", "01", "03"]
+
+    now = [0.0]
+    def fake_run(ch, timeout_s, seconds):  # a chapter that takes seconds[ch], cut at its timeout
+        took = min(seconds[ch], timeout_s)
+        now[0] += took
+        return dict(chapter=ch, status="ok" if took < timeout_s else "timeout", wall_s=took, timeout_s=timeout_s)
+
+    records = run_all(["a", "b", "c", "d"], budget_s=100, per_chapter_s=50, min_start_s=20, run=fake_run,
+                      clock=lambda: now[0], seconds=dict(a=30, b=60, c=5, d=5))
+    # b is cut at the per-chapter limit; c starts with exactly min_start_s left; d would have 15 s < 20 s
+    assert [(r["chapter"], r["status"]) for r in records] == [("a", "ok"), ("b", "timeout"), ("c", "ok"),
+                                                              ("d", "skipped")]
+    assert [r.get("timeout_s") for r in records[:3]] == [50, 50, 20] and now[0] == 85
+    env = dict(device="cpu", backend="cpu", jax="0", gpu=False)
+    table = summary_table(env, records)
+    assert "NO GPU" in table and table.count("\n| ") == 1 + len(records)

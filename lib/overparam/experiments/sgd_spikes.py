@@ -283,7 +283,9 @@ def sgd_trajectory(apply_fn, params0, x, y, lr, key, batch_size: int, num_steps:
         return batch_top(params, xb), batch_top(new_params, xb)
 
     v0 = jnp.linalg.eigh(kernel_fn(params0, x_probe))[1][:, ::-1][:, :k_top]
-    res = run_loop(loss_fn, params0, optax.sgd(lr), num_steps, data=(x, y), batches=minibatches(key, batch_size),
+    # the epochs' permutations drawn once before the loop (the same batches as drawing them at every step)
+    res = run_loop(loss_fn, params0, optax.sgd(lr), num_steps, data=(x, y),
+                   batches=minibatches(key, batch_size, n, num_steps),
                    full_loss=loss_fn, observe=probe_record, observer_state0=v0, on_step=batch_curvatures,
                    divergence_threshold=None)
     last, _ = probe_record(res.params, res.observer_state)
