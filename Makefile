@@ -9,7 +9,7 @@ SCALE  ?= ci
 PDF    ?= auto
 MATHJAX := book/_vendor/mathjax/tex-chtml.js
 
-.PHONY: install vendor book pdf test test-fast chapter student grade bench bench-peers clean
+.PHONY: install vendor book pdf test test-fast chapter student grade bench bench-peers clean install-cluster replicate
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,3 +64,14 @@ bench: install               ## benchmark tables: empirical NTK, Hessian eigenva
 
 bench-peers: install         ## side-by-side with neural-tangents in its own throw-away venv (_build/peers-venv)
 	$(PY) benchmarks/peers_bench.py
+
+CLUSTER_STAMP := $(VENV)/.installed-cluster
+$(CLUSTER_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[cluster]" -c constraints.txt
+	touch $@
+
+install-cluster: $(CLUSTER_STAMP)   ## also Ray, for the sweep's --engine ray (optional extra `cluster`)
+
+SEEDS ?= 1
+replicate: install           ## replication of every chapter at SCALE and SEEDS (default 1): make replicate SEEDS=1,2
+	$(PY) -m overparam sweep --scale $(SCALE) --seeds $(SEEDS)

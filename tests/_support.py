@@ -1,5 +1,8 @@
 """Helpers shared by several test files (imported as ``from _support import ...``)."""
 
+import shutil
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,3 +23,38 @@ kernelspec:
 def normal(shape, seed=0):
     """Test data from numpy: no JAX PRNG kernel to compile for each shape."""
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny chapter for tests of the runner and the sweep; {body} goes before its last claim.
+CHAPTER = MYST_HEADER + """
+# A tiny chapter
+
+```{{code-cell}} ipython3
+:tags: [parameters]
+scale = "ci"
+seed = 0
+rate = 0.5
+```
+
+```{{code-cell}} ipython3
+from overparam.book import ClaimRecorder
+claims = ClaimRecorder("{cid}", scale=scale, seed=seed)
+{body}
+claims.claim("half", "rate is one half", rate, predicted=0.5, tolerance=1e-9)
+claims.save()
+```
+"""
+
+
+def make_root(tmp_path: Path, chapters: dict[str, str]) -> Path:
+    """A throw-away book root with the given chapters (stem -> extra code) and a copy of lib/."""
+    root = tmp_path / "book"
+    (root / "chapters").mkdir(parents=True)
+    shutil.copytree(REPO / "lib", root / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "_toc.yml", "requirements.txt", "constraints.txt"):
+        shutil.copyfile(REPO / name, root / name)
+    for stem, body in chapters.items():
+        (root / "chapters" / f"{stem}.md").write_text(CHAPTER.format(cid=stem[:2], body=body))
+    return root

@@ -160,4 +160,49 @@ def test_scorecard_escapes_table_cells_and_titles_chapters(tmp_path):
     page = scorecard_markdown(tmp_path, {"01": source})
     assert "## Chapter 01: [A toy chapter]" in page
     row = next(line for line in page.splitlines() if line.startswith("| abs-gap"))
-    assert len(re.findall(r"(?<!\\)\|", row)) == 7, row  # six columns: seven unescaped bars
+    assert len(re.findall(r"(?<!\\)\|", row)) == 11, row  # ten columns: eleven unescaped bars
+
+
+def test_scorecard_shows_replication_controls_and_power(tmp_path):
+    """Fragile, cannot discriminate, missing control and underpowered each show in their row and the summary."""
+    import json
+
+    from overparam.book.build import scorecard_markdown
+    from overparam.book.claims import ClaimRecorder
+    from overparam.book.runner import cache_key, discover_chapters, validate_parameters
+
+    from _support import make_root
+
+    root = make_root(tmp_path, {"01_toy": ""})
+    source = discover_chapters(root)["01"]
+    runs = root / "_build" / "runs" / "ci"
+
+    def write(folder, seed, values):
+        rec = ClaimRecorder("01", scale="ci", seed=seed)
+        rec.claim("slope", "slope near -1/2", values["slope"], interval=(-0.6, -0.4))
+        rec.claim("gain", "gain > 0", values["gain"], interval=(0, None), control=0.02, control_note="frozen pattern")
+        rec.claim("bare", "ratio below one", values["bare"], interval=(None, 1.0))
+        rec.claim("mean", "mean over seeds", per_seed=values["mean"], predicted=1.0, tolerance=0.1)
+        rec.save(folder / "results")
+        (folder / "keys").mkdir(parents=True, exist_ok=True)
+        params = validate_parameters(source, "ci", {"seed": seed})
+        (folder / "keys" / "01.key").write_text(cache_key(source, params, root))
+
+    write(runs, 0, dict(slope=-0.406, gain=0.06, bare=0.5, mean=[0.9, 1.1, 0.9, 1.1]))
+    write(runs / "replicas" / "seed-1", 1, dict(slope=-0.39, gain=0.05, bare=0.6, mean=[0.95, 1.05]))
+    page = scorecard_markdown(runs, {"01": source}, root)
+    rows = {line.split(" | ")[0][2:]: line for line in page.splitlines() if line.startswith("| ")}
+    assert "⚠ **fragile**" in rows["slope"] and "1/2 (fails at seed 1)" in rows["slope"]
+    assert "sd 0.0113 (-0.406 to -0.39)" in rows["slope"] and "across seeds" in rows["slope"]
+    assert "❌ **cannot discriminate**" in rows["gain"] and "0.02 also passes ✗: frozen pattern" in rows["gain"]
+    assert "⚠ none (one-sided)" in rows["bare"] and "2/2" in rows["bare"]
+    assert "⚠ underpowered: per seed: tolerance 0.1 is below 2 SE" in rows["mean"] and "mean of 4" in rows["mean"]
+    assert "Replicated at seed 1." in page
+    assert "2 of 4 enforced claims pass at every seed; 1 fragile, 2 underpowered, 1 cannot discriminate, " \
+           "1 without a control where one is required" in page
+    assert "3 pass, 0 fail (0 of them known and explained in their chapter), 1 cannot discriminate" in page
+
+    # a replica from other code is not used, and the page says so
+    (runs / "replicas" / "seed-1" / "keys" / "01.key").write_text("stale")
+    page = scorecard_markdown(runs, {"01": source}, root)
+    assert "Seed 1 not used: from other code" in page and "Not replicated at other seeds yet." in page

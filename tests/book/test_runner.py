@@ -1,48 +1,13 @@
 """The chapter runner: parameter validation, caching keyed on lib/, failure isolation."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from overparam.book import runner
 from overparam.book.cli import main as cli_main
 
-from _support import MYST_HEADER
-
-REPO = Path(__file__).resolve().parents[2]
-
-CHAPTER = MYST_HEADER + """
-# A tiny chapter
-
-```{{code-cell}} ipython3
-:tags: [parameters]
-scale = "ci"
-seed = 0
-rate = 0.5
-```
-
-```{{code-cell}} ipython3
-from overparam.book import ClaimRecorder
-claims = ClaimRecorder("{cid}", scale=scale, seed=seed)
-{body}
-claims.claim("half", "rate is one half", rate, predicted=0.5, tolerance=1e-9)
-claims.save()
-```
-"""
-
-
-def make_root(tmp_path: Path, chapters: dict[str, str]) -> Path:
-    """A throw-away book root with the given chapters (stem -> extra code) and a copy of lib/."""
-    root = tmp_path / "book"
-    (root / "chapters").mkdir(parents=True)
-    shutil.copytree(REPO / "lib", root / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "_toc.yml", "requirements.txt", "constraints.txt"):
-        shutil.copyfile(REPO / name, root / name)
-    for stem, body in chapters.items():
-        (root / "chapters" / f"{stem}.md").write_text(CHAPTER.format(cid=stem[:2], body=body))
-    return root
+from _support import make_root
 
 
 def test_discover_and_declared_parameters(tmp_path):

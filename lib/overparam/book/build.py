@@ -15,11 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from overparam.book.claims import FAIL, PASS, RECORDED, STATUS_MARK, prediction_text
+from overparam.book.claims import (CANNOT_DISCRIMINATE, FAIL, MISSING_CONTROL, PASS, RECORDED, STATUS_MARK,
+                                   UNDERPOWERED, prediction_text, quality_flags)
 from overparam.book.downloads import add_downloads
 from overparam.book.pdf import PDF_NAME, build_pdf, missing_tex_tools, pdf_link_markdown
 from overparam.book.provenance import git_commit, repo_root
 from overparam.book.runner import ChapterRun, discover_chapters, run_chapters, run_dir
+from overparam.book.sweep import counts, replication, summary_line
 
 
 def _load(folder: Path) -> dict[str, dict]:
@@ -39,17 +41,28 @@ def chapter_title(source: Path) -> str:
     return source.stem
 
 
-def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
-    """The scorecard page: every claim of every chapter, measured vs predicted, pass/fail."""
+def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path], root: Path | None = None) -> str:
+    """The scorecard page: every claim of every chapter, measured vs predicted, pass/fail, and whether the
+    check can fail (replication across seeds, control, power; terms defined in ``overparam.book.claims``)."""
     results, status = _load(runs_folder / "results"), _load(runs_folder / "status")
+    reps = replication(runs_folder.name, chapters, root=root, runs_folder=runs_folder)
     lines = [
         "# Scorecard", "",
         "Every claim of every chapter, as measured by the last build. A claim passes when the measured",
         "value lies within the tolerance or interval that the chapter fixed *before* running the",
         "experiment; below the scale from which a claim is expected to hold it is only recorded.",
         "Failures are shown, not hidden.", "",
+        "A pass is worth something only if the check could have failed. *Seeds*: at how many of the seeds",
+        "run (the registered seed and the replication seeds of `python -m overparam sweep`) the value",
+        "holds; a claim that passes at the registered seed and fails at another is **fragile**. *Spread*:",
+        "the standard deviation of the value across those seeds. *Control*: the same statistic where",
+        "theory says the effect is absent; a claim whose control also passes **cannot discriminate** and",
+        "counts as failing; one-sided and comparative claims need a control or a reasoned margin.",
+        "*Power*: a claim is **underpowered** when its tolerance is below two standard errors or its",
+        "verdict flips within one standard error of the boundary (per-seed values, or the spread across",
+        "seeds). These marks are reported, not blocking.", "",
     ]
-    n_pass = n_fail = n_rec = n_known = 0
+    n_pass = n_fail = n_rec = n_known = n_nodisc = 0
     body = []
     for cid, source in chapters.items():
         res, st = results.get(cid), status.get(cid, {})
@@ -64,24 +77,75 @@ def scorecard_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
         if not res:
             body += ["No results recorded yet.", ""]
             continue
-        body += [f"Scale `{res['scale']}`, seed `{res['seed']}`, wall time {res['wall_time_s']:.1f} s.", "",
-                 "| claim | statement | measured | predicted | holds from | status |",
-                 "|---|---|---|---|---|---|"]
-        for c in res["claims"]:
-            n_pass += c["status"] == PASS
+        rep = reps[cid]
+        others = [k for k in rep.seeds if k != res["seed"]]
+        replicated = f" Replicated at seed{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}." \
+            if others else " Not replicated at other seeds yet."
+        body += [f"Scale `{res['scale']}`, seed `{res['seed']}`, wall time {res['wall_time_s']:.1f} s.{replicated}", ""]
+        if rep.problems:
+            body += [f"Seed {k} not used: {_cell(why)}." for k, why in sorted(rep.problems.items())] + [""]
+        body += ["| claim | statement | measured | predicted | holds from | status | seeds | spread | control | power |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for c, a in rep.assessments():
+            nodisc = CANNOT_DISCRIMINATE in a.flags and c["status"] == PASS
+            n_pass += c["status"] == PASS and not nodisc
+            n_nodisc += nodisc
             n_fail += c["status"] == FAIL
             n_known += c["status"] == FAIL and bool(c.get("known_failure"))
             n_rec += c["status"] == RECORDED
-            mark = STATUS_MARK[c["status"]]
+            mark = "❌ **cannot discriminate**" if nodisc else STATUS_MARK[c["status"]]
             if c.get("known_failure") and c["status"] == FAIL:
                 mark += f" (known failure: {c['known_failure']})"
+            if a.fragile:
+                mark += " · ⚠ **fragile**"
             # ids as plain text: LaTeX breaks them at hyphens in the PDF's narrow first column
             body.append(f"| {_cell(c['id'])} | {_cell(c['statement'])} | {c['measured']:.4g} | {prediction_text(c['predicted'], c['tolerance'], c.get('interval'))} | "
-                        f"{c['holds_from']} | {_cell(mark)} |")
+                        f"{c['holds_from']} | {_cell(mark)} | {_cell(seeds_cell(a))} | {spread_cell(a)} | "
+                        f"{_cell(control_cell(c))} | {_cell(power_cell(c, a))} |")
         body.append("")
+    _, total = counts(reps)
     lines += [f"**{n_pass} pass, {n_fail} fail ({n_known} of them known and explained in their chapter), "
-              f"{n_rec} recorded only** across {len(chapters)} chapters.", ""]
+              f"{n_nodisc} cannot discriminate (counted as failing), {n_rec} recorded only** across "
+              f"{len(chapters)} chapters.", "",
+              f"**Replication, controls and power:** {summary_line(total)} (counts overlap; enforced claims only).", ""]
     return "\n".join(lines + body)
+
+
+def seeds_cell(a) -> str:
+    """'3/3', or '2/3 (fails at seed 1)', plus seeds whose run is missing."""
+    held = sum(a.outcomes.values())
+    text = f"{held}/{len(a.outcomes)}"
+    failing = [k for k, ok in a.outcomes.items() if not ok]
+    if failing and held:
+        text += f" (fails at seed {', '.join(map(str, failing))})"
+    if a.absent:
+        text += f"; not recorded at seed {', '.join(map(str, a.absent))}"
+    return text
+
+
+def spread_cell(a) -> str:
+    if a.spread is None:
+        return "–"
+    return f"sd {a.spread:.3g} ({min(a.values.values()):.4g} to {max(a.values.values()):.4g})"
+
+
+def control_cell(c: dict) -> str:
+    """The control and whether it discriminates, the margin's reasoning, or that one is missing."""
+    if c.get("control") is not None:
+        verdict = "also passes ✗" if CANNOT_DISCRIMINATE in quality_flags(c)[0] else "outside ✓"
+        return f"{c['control']:.4g} {verdict}: {c.get('control_note', '')}"
+    if c.get("margin_note"):
+        return f"margin: {c['margin_note']}"
+    if MISSING_CONTROL in quality_flags(c)[0]:
+        return "⚠ none (" + ("comparative" if c.get("comparative") else "one-sided") + ")"
+    return "–"
+
+
+def power_cell(c: dict, a) -> str:
+    se = f"mean of {len(c['per_seed'])}, SE {c['se']:.3g}" if c.get("per_seed") and c.get("se") is not None else ""
+    if UNDERPOWERED in a.flags:
+        return f"⚠ underpowered: {a.power_note}" + (f" ({se})" if se else "")
+    return se or "–"
 
 
 def provenance_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
@@ -90,18 +154,19 @@ def provenance_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
     lines = ["# Provenance", "",
              "Where every number in this book comes from: the code version, the machine and the time",
              "each chapter took to execute in the build that produced this page.", "",
-             "| chapter | scale | seed | wall time (s) | status | device | git commit | finished (UTC) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| chapter | scale | seed | wall time (s) | status | device | host (job) | git commit | finished (UTC) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     versions = None
     for cid, source in chapters.items():
         res, st = results.get(cid), status.get(cid, {})
         if not res:
-            lines.append(f"| {source.stem} | – | – | – | {st.get('status', 'not run')} | – | – | – |")
+            lines.append(f"| {source.stem} | – | – | – | {st.get('status', 'not run')} | – | – | – | – |")
             continue
         versions = versions or res["versions"]
         dev = res["device"]
         lines.append(f"| {source.stem} | `{res['scale']}` | `{res['seed']}` | {res['wall_time_s']:.1f} | "
-                     f"{st.get('status', 'ok')} | {dev['backend']} ({dev['device']}) | `{res['git_commit']}` | "
+                     f"{st.get('status', 'ok')} | {dev['backend']} ({dev['device']}) | {_cell(host_job(res))} | "
+                     f"`{res['git_commit']}` | "
                      f"{res['finished_at']} |")
     total = sum(r["wall_time_s"] for r in results.values())
     lines += ["", f"Total chapter wall time: {total:.0f} s (measured inside each notebook; kernel start-up excluded).",
@@ -112,12 +177,20 @@ def provenance_markdown(runs_folder: Path, chapters: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def host_job(results: dict) -> str:
+    """'host' or 'host (Ray job 01000000, Slurm job 123)' from a results file's run context."""
+    ctx = results.get("run_context") or {}
+    jobs = [f"{label} job {ctx[key]}" for label, key in (("Ray", "ray_job_id"), ("Slurm", "slurm_job_id"))
+            if ctx.get(key)]
+    return ctx.get("host", "–") + (f" ({', '.join(jobs)})" if jobs else "")
+
+
 def write_generated_pages(runs_folder: Path, root: Path, stage: Path) -> Path:
     """Write ``<stage>/book/generated/{scorecard,provenance}.md``; returns the folder."""
     chapters = discover_chapters(root)
     out = stage / "book" / "generated"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scorecard.md").write_text(scorecard_markdown(runs_folder, chapters))
+    (out / "scorecard.md").write_text(scorecard_markdown(runs_folder, chapters, root))
     (out / "provenance.md").write_text(provenance_markdown(runs_folder, chapters))
     return out
 
@@ -226,6 +299,8 @@ def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Pa
         f"{sum(r.claims_failed for r in runs)} claims failed (plus {sum(r.claims_known_failures for r in runs)} "
         f"known, explained failures); HTML at {path_output / '_build' / 'html' / 'index.html'}",
         flush=True)
+    _, total = counts(replication(scale, discover_chapters(root), root=root, runs_folder=folder))
+    log(f"claims: {summary_line(total)} (see the scorecard; reported, not blocking)", flush=True)
     for r in failed:
         log(f"  FAILED {r.name} at cell {r.failed_cell}: {r.error}", flush=True)
     for r in claim_fail:

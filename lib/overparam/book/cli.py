@@ -1,4 +1,4 @@
-"""Command line: ``python -m overparam {list,run,build}``.
+"""Command line: ``python -m overparam {list,run,build,sweep,student,grade}``.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     python -m overparam run 01 --scale smoke
     python -m overparam run 01 --scale ci -p seed=3
     python -m overparam build --scale ci          # every chapter, then the HTML book
+    python -m overparam sweep --scale ci --seeds 0,1,2 --chapters 01,03   # replication across seeds
+    python -m overparam sweep --scale full --seeds 0,1,2 --engine ray      # on a Ray cluster
     python -m overparam student --out student     # the student edition (.ipynb, solutions removed)
     python -m overparam grade submissions/*.ipynb # autograde filled-in student notebooks
 """
@@ -39,6 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--force", action="store_true", help="execute even when the cache key is unchanged")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="override a parameter declared in the chapter's parameters cell")
+    sweep = sub.add_parser("sweep", help="run chapters over a grid of seeds (replication); see overparam.book.sweep")
+    sweep.add_argument("--scale", default="ci", help=f"one or more of {', '.join(SCALES)}, comma-separated (default ci)")
+    sweep.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2")
+    sweep.add_argument("--chapters", default=None, help="comma-separated chapter ids or stems (default: all)")
+    sweep.add_argument("--engine", default="local", help="local (default) or ray")
+    sweep.add_argument("--jobs", type=int, default=1, help="local engine: runs at a time (default 1)")
+    sweep.add_argument("--force", action="store_true", help="execute even when the cache key is unchanged")
+    sweep.add_argument("--ray-address", default=None,
+                       help="ray engine: cluster address (default: $RAY_ADDRESS, a cluster running here, or a new local one)")
+    sweep.add_argument("--retries", type=int, default=2, help="ray engine: retries of a task whose worker died")
+    sweep.add_argument("--cpus-per-task", type=float, default=1, help="ray engine: CPUs per task (default 1)")
     student = sub.add_parser("student", help="write the student edition: one .ipynb per chapter, solutions removed")
     student.add_argument("--out", default="student", help="output folder (default: student)")
     student.add_argument("--scale", default=None, help="default scale written into each notebook (default: keep ci)")
@@ -60,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return _student(args)
         if args.command == "grade":
             return _grade(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "run":
             runs = run_chapters(args.chapters, args.scale, _overrides(args.param), force=args.force)
             return 1 if any(r.status == "failed" or r.claims_failed for r in runs) else 0
@@ -69,6 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # bad input: say what was wrong, do nothing else
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _sweep(args) -> int:
+    """Run the grid, then print the replication table of each scale; 1 when a run failed to execute."""
+    from overparam.book.runner import discover_chapters
+    from overparam.book.sweep import parse_list, replication, replication_report, sweep
+
+    results = sweep(args.scale, args.seeds, args.chapters, engine=args.engine, jobs=args.jobs, force=args.force,
+                    retries=args.retries, ray_address=args.ray_address, cpus_per_task=args.cpus_per_task)
+    for scale in parse_list(args.scale):
+        ran = {r.task.cid for r in results if r.task.scale == scale}
+        chapters = {cid: path for cid, path in discover_chapters().items() if cid in ran}
+        print(f"\nreplication at scale {scale}:\n" + replication_report(replication(scale, chapters)), flush=True)
+    failed = [r for r in results if r.run.status == "failed"]
+    return 1 if failed else 0
 
 
 def _student(args) -> int:

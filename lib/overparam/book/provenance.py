@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata as _md
+import os
 import platform
 import subprocess
 from pathlib import Path
 
+# Set by the Ray engine (overparam.book.cluster) for the chapter it executes; see run_context.
+RUN_CONTEXT_ENV = {"engine": "OVERPARAM_ENGINE", "ray_job_id": "OVERPARAM_RAY_JOB_ID",
+                   "ray_node_id": "OVERPARAM_RAY_NODE_ID", "ray_task_id": "OVERPARAM_RAY_TASK_ID"}
+# The commit of the code a worker executes, when its copy of the repository has no .git.
+GIT_COMMIT_ENV = "OVERPARAM_GIT_COMMIT"
 TRACKED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "sympy", "matplotlib", "scikit-learn")
 
 
@@ -53,6 +59,8 @@ def device_description() -> dict[str, str]:
 
 def git_commit(root: Path | None = None) -> str:
     """``HEAD`` of the repository (with ``+dirty`` when the tree has changes), or ``unknown``."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        return os.environ[GIT_COMMIT_ENV]
     root = root or repo_root()
     try:
         sha = subprocess.run(
@@ -67,6 +75,19 @@ def git_commit(root: Path | None = None) -> str:
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def run_context() -> dict[str, str]:
+    """Where and under which job a run executed: host name, engine (local or ray), Slurm and Ray ids.
+
+    Ids that do not apply are empty strings. Slurm's come from its environment
+    (``SLURM_JOB_ID``, ``SLURM_ARRAY_TASK_ID``), Ray's from the engine that ran the chapter.
+    """
+    out = {"host": platform.node(), "engine": os.environ.get(RUN_CONTEXT_ENV["engine"], "local")}
+    out.update({k: os.environ.get(v, "") for k, v in RUN_CONTEXT_ENV.items() if k != "engine"})
+    out["slurm_job_id"] = os.environ.get("SLURM_JOB_ID", "")
+    out["slurm_array_task_id"] = os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    return out
 
 
 def now_iso() -> str:

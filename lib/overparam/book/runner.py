@@ -200,6 +200,41 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy so that ``dst`` is either its old or its new content, never half written."""
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _cached_run(source: Path, scale: str, key: str, out: Path) -> ChapterRun | None:
+    """The run in ``out`` when it finished with cache key ``key`` (notebook, results and key present), else None."""
+    cid = CHAPTER_RE.match(source.name).group(1)
+    key_file, final_nb = out / "keys" / f"{cid}.key", out / "notebooks" / f"{source.stem}.ipynb"
+    results, status_file = out / "results" / f"{cid}.json", out / "status" / f"{cid}.json"
+    if not (key_file.exists() and key_file.read_text() == key and final_nb.exists() and results.exists()):
+        return None
+    failed, known, total = _claim_counts(results)
+    prev = json.loads(status_file.read_text()) if status_file.exists() else {}
+    return ChapterRun(cid, source.stem, scale, "cached", prev.get("wall_time_s", 0.0), str(final_nb),
+                      claims_failed=failed, claims_total=total, claims_known_failures=known)
+
+
+def cached_run(chapter: str, scale: str, overrides: dict[str, Any] | None = None, *, root: Path | None = None,
+               out: Path | None = None) -> ChapterRun | None:
+    """What ``run_chapter`` would return without executing, when the run in ``out`` is current; else None."""
+    root = Path(root or repo_root())
+    source = resolve_chapter(chapter, root)
+    params = validate_parameters(source, scale, overrides)
+    return _cached_run(source, scale, cache_key(source, params, root), Path(out or run_dir(scale, root)))
+
+
 def _claim_counts(results_file: Path) -> tuple[int, int, int]:
     """(blocking failures, known failures, total) of a results file."""
     if not results_file.exists():
@@ -238,14 +273,12 @@ def run_chapter(
     key_file = out / "keys" / f"{cid}.key"
     status_file = out / "status" / f"{cid}.json"
 
-    if not force and key_file.exists() and key_file.read_text() == key and final_nb.exists() \
-            and (res_dir / f"{cid}.json").exists():
-        failed, known, total = _claim_counts(res_dir / f"{cid}.json")
-        prev = json.loads(status_file.read_text()) if status_file.exists() else {}
-        run = ChapterRun(cid, source.stem, scale, "cached", prev.get("wall_time_s", 0.0), str(final_nb),
-                         claims_failed=failed, claims_total=total, claims_known_failures=known)
-        _write_json(status_file, {**asdict(run), "wall_time_s": prev.get("wall_time_s", 0.0)})
-        return run
+    if not force:
+        cached = _cached_run(source, scale, key, out)
+        if cached is not None:
+            _write_json(status_file, asdict(cached))
+            return cached
+    key_file.unlink(missing_ok=True)  # a run killed from here on must not look finished
 
     import nbformat
     import papermill as pm
@@ -281,10 +314,10 @@ def run_chapter(
             if not results.exists():
                 raise RuntimeError(f"chapter {source.stem} ran but wrote no results: it must call claims.save()")
             _hide_injected_cell(tmp_out)
-            shutil.copyfile(results, res_dir / f"{cid}.json")
-            shutil.copyfile(tmp_out, final_nb)
+            _copy_atomic(results, res_dir / f"{cid}.json")
+            _copy_atomic(tmp_out, final_nb)
             (nb_dir / f"{source.stem}.failed.ipynb").unlink(missing_ok=True)
-            key_file.write_text(key)
+            _write_text_atomic(key_file, key)
             notebook = str(final_nb)
         except pm.PapermillExecutionError as exc:
             failed_cell, error = exc.cell_index, f"{exc.ename}: {exc.evalue}"
