@@ -15,17 +15,15 @@ from overparam.curvature import (
     lanczos_top_eigs,
     model_hessian_spectral_norm,
     model_output_fn,
+    top_eigs_subspace,
 )
 from overparam.models import as_function, flatten_params, MLPSpec
 
 from _support import normal
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    # Lanczos eigenvalues are compared with dense eigh to ~1e-8; float32 would allow only ~1e-4.
-    with jax.enable_x64(True):
-        yield
+# Lanczos eigenvalues are compared with dense eigh to ~1e-8; float32 would allow only ~1e-4.
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def small_regression():
@@ -108,3 +106,17 @@ def test_errors():
         lanczos_top_eigs(matvec, dim, 1, jax.random.key(0), which="biggest")
     with pytest.raises(ValueError, match=r"\(12, 3\)"):
         model_output_fn(lambda p, x: x, x)
+
+
+def test_top_eigs_subspace():
+    a = jax.random.normal(jax.random.key(0), (30, 30))
+    k = a @ a.T / 30 + 3 * jnp.diag(jnp.arange(30.0) == 0) + 2 * jnp.diag(jnp.arange(30.0) == 1)
+    top = jax.jit(top_eigs_subspace, static_argnums=2)
+    evals, evecs = top(k, jax.random.normal(jax.random.key(1), (30, 2)), 60)
+    ref_vals, ref_vecs = np.linalg.eigh(np.asarray(k))
+    np.testing.assert_allclose(evals, ref_vals[::-1][:2], rtol=1e-4)
+    assert abs(float(evecs[:, 0] @ ref_vecs[:, -1])) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match=r"v0 has shape \(29, 1\)"):
+        top_eigs_subspace(k, jnp.ones((29, 1)))
+    with pytest.raises(ValueError, match="square"):
+        top_eigs_subspace(jnp.ones((3, 4)), jnp.ones((3, 1)))

@@ -253,7 +253,10 @@ def test_run_loop_traced_horizon_and_no_divergence_check():
 
 def test_minibatches_are_the_sgd_batches():
     key = jax.random.key(1)
-    xb, yb = minibatches(key, 4)((X, Y), 5)
-    idx = sgd_batch_indices(key, N, 4, 5)
-    np.testing.assert_array_equal(xb, X[idx])
-    np.testing.assert_array_equal(yb, Y[idx])
+    drawn_each_step, drawn_once = minibatches(key, 3), minibatches(key, 3, N, 20)
+    for t in (0, 4, 5, 19):  # N = 16, batch 3: 5 batches per epoch, steps 0..19 cover 4 epochs
+        idx = sgd_batch_indices(key, N, 3, t)
+        for batches in (drawn_each_step, drawn_once):
+            xb, yb = jax.jit(batches)((X, Y), t)
+            np.testing.assert_array_equal(xb, X[idx])
+            np.testing.assert_array_equal(yb, Y[idx])

@@ -327,11 +327,39 @@ def sgd_batch_indices(key, num_examples: int, batch_size: int, step):
     return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
 
 
-def minibatches(key, batch_size: int):
-    """``batches(data, t)`` for ``run_loop``: the rows ``sgd_batch_indices(key, N, batch_size, t)`` of every array in data."""
+def epoch_permutations(key, num_examples: int, batch_size: int, num_steps: int):
+    """The permutations ``sgd_batch_indices`` uses, one row per epoch touched by num_steps steps: (E, N) int32.
+
+    Drawn once before the loop instead of at every step (the same keys, so the same batches).
+    """
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and the number of examples {num_examples}")
+    per_epoch = num_examples // batch_size
+    num_epochs = -(-int(num_steps) // per_epoch)
+    epochs = jnp.arange(max(num_epochs, 1))
+    return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), num_examples))(epochs)
+
+
+def minibatches(key, batch_size: int, num_examples: int | None = None, num_steps: int | None = None):
+    """``batches(data, t)`` for ``run_loop``: the rows ``sgd_batch_indices(key, N, batch_size, t)`` of every array in data.
+
+    With num_examples and num_steps given, the epochs' permutations are drawn once, before the
+    loop (``epoch_permutations``: the same batches, without a sort at every step); otherwise each
+    step draws its epoch's permutation itself.
+    """
+    if num_examples is None or num_steps is None:
+        def batches(data, t):
+            idx = sgd_batch_indices(key, data[0].shape[0], batch_size, t)
+            return tuple(a[idx] for a in data)
+
+        return batches
+
+    perms = epoch_permutations(key, num_examples, batch_size, num_steps)
+    per_epoch = num_examples // batch_size
 
     def batches(data, t):
-        idx = sgd_batch_indices(key, data[0].shape[0], batch_size, t)
+        row = jax.lax.dynamic_index_in_dim(perms, t // per_epoch, keepdims=False)
+        idx = jax.lax.dynamic_slice(row, ((t % per_epoch) * batch_size,), (batch_size,))
         return tuple(a[idx] for a in data)
 
     return batches
@@ -340,7 +368,8 @@ def minibatches(key, batch_size: int):
 @partial(jax.jit, static_argnames=("loss_fn", "optimizer", "batch_size", "num_steps", "record_every", "observe"))
 def _train_minibatch(loss_fn, params0, x, y, lr, key, threshold, *, optimizer, batch_size, num_steps, record_every, observe):
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
-    return run_loop(loss_fn, params0, optimizer, num_steps, data=(x, y), batches=minibatches(key, batch_size),
+    batches = minibatches(key, batch_size, x.shape[0], num_steps)
+    return run_loop(loss_fn, params0, optimizer, num_steps, data=(x, y), batches=batches,
                     full_loss=loss_fn, observe=observe, record_every=record_every, divergence_threshold=threshold)
 
 

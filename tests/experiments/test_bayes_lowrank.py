@@ -105,3 +105,34 @@ def test_predictive_nll():
     assert abs(float(bl.predictive_nll(probs, jnp.array([0, 1]))) - 0.5 * (np.log(2) + np.log(4 / 3))) < 1e-6
     with pytest.raises(ValueError):
         bl.predictive_nll(probs, jnp.array([0]))
+
+
+def test_fit_variational_matches_a_step_by_step_reference():
+    import optax
+
+    p = tt.tt_mlp_init(jax.random.key(0), [(2, 2), (2, 4), (1, 3)], 2)
+    q0, base = bl.init_variational(p, init_log_sigma=-2.0)
+    x = jax.random.normal(jax.random.key(1), (20, 4))
+    y = jax.nn.one_hot(jnp.argmax(x[:, :3], 1), 3)
+    key, lr, num_steps, lam = jax.random.key(2), 1e-2, 15, 0.5
+    # step t uses the t-th of jax.random.split(key, num_steps) for its reparameterized sample
+    keys = jax.random.split(key, num_steps)
+    opt = optax.adam(optax.cosine_decay_schedule(lr, num_steps, alpha=0.01))
+    base_arr = jax.tree.map(jnp.asarray, base)
+
+    @jax.jit
+    def step(q, state, k):
+        value, g = jax.value_and_grad(bl.negative_elbo)(q, k, x, y, base_arr, jnp.float32(lam))
+        updates, state = opt.update(g, state, q)
+        return optax.apply_updates(q, updates), state, value
+
+    q, state, want_losses = q0, opt.init(q0), []
+    for t in range(num_steps):
+        q, state, value = step(q, state, keys[t])
+        want_losses.append(value)
+    got, losses = bl.fit_variational(key, q0, base, x, y, lr, num_steps, kl_weight=lam)
+    assert losses.shape == (num_steps,)
+    np.testing.assert_allclose(losses, jnp.stack(want_losses), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(q)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(got["mu"][0]["cores"][0], q0["mu"][0]["cores"][0])

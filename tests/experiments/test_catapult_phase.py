@@ -22,6 +22,9 @@ def test_uv_apply_and_kernel_shapes_and_errors():
         C.uv_apply(p, jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="m=0"):
         C.uv_init(jax.random.key(0), 0)
+    # the closed-form kernel is the empirical one of the library (one example)
+    x1 = jnp.array([[1.3]])
+    assert float(C.uv_kernel(p, x1)) == pytest.approx(float(ntk_top_eigenvalue(C.uv_apply, p, x1)), rel=1e-5)
 
 
 def test_uv_map_run_matches_gd_on_the_parameters():

@@ -15,35 +15,36 @@ D, WIDTH, BATCH = 4, 32, 16  # one padded shape for every test: the compilations
 
 @pytest.fixture(scope="module")
 def teacher():
-    return mf.make_teacher(jax.random.key(0), D, 2)
+    return mf.teacher_init(jax.random.key(0), D, 2)
 
 
 def test_padded_student_equals_the_unpadded_network():
     keys = jax.random.split(jax.random.key(1), 2)
     N, width = 3, WIDTH
-    padded = mf.init_students(keys, D, N, width)
+    padded = mf.student_init(keys, D, N, width)
     x = jax.random.normal(jax.random.key(2), (5, D))
-    apply_pad = mf.student_apply(D, width)
     # the same live particles in an exact width-N mean_field MLP
     apply_n = MLPSpec((D, N, 1), "tanh", "mean_field", use_bias=False)
     small = apply_n.init_ensemble(keys)
     small["layers"][0]["w"][...] = padded["layers"][0]["w"][...][:, :, :N]
     small["layers"][1]["w"][...] = padded["layers"][1]["w"][...][:, :N, :]
     p0, s0 = jax.tree.map(lambda a: a[0], padded), jax.tree.map(lambda a: a[0], small)
-    np.testing.assert_allclose(mf.student_output(apply_pad, p0, x, N), apply_n(s0, x), rtol=1e-5, atol=1e-6)
+    assert mf.student_apply(p0, x, N).shape == (5, 1)
+    np.testing.assert_allclose(mf.student_apply(p0, x, N), apply_n(s0, x), rtol=1e-5, atol=1e-6)
     assert mf.particles(p0, N).shape == (N, D + 1)
     assert np.all(mf.particles(p0)[N:] == 0)
     # f = (1/N) sum_k v_k tanh(w_k . x / sqrt d)
     P = mf.particles(p0, N)
     manual = jnp.tanh(x @ P[:, :D].T / jnp.sqrt(D)) @ P[:, D] / N
-    np.testing.assert_allclose(mf.student_output(apply_pad, p0, x, N)[:, 0], manual, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mf.student_apply(p0, x, N)[:, 0], manual, rtol=1e-5, atol=1e-6)
+    # the padded network itself is the width-`width` mean-field MLP, rescaled by width / N
+    np.testing.assert_allclose(mf.student_spec(D, width)(p0, x) * (width / N), mf.student_apply(p0, x, N), rtol=1e-6)
 
 
 def _one_step_move(teacher, N, width=WIDTH, eta=0.05):
     keys = jax.random.split(jax.random.key(3), 1)
-    p0 = jax.tree.map(lambda a: a[0], mf.init_students(keys, D, N, width))
-    p1 = mf.online_sgd(mf.student_apply(D, width), teacher[0], p0, teacher[1], jax.random.key(4), eta, N, 1,
-                       batch_size=BATCH)
+    p0 = jax.tree.map(lambda a: a[0], mf.student_init(keys, D, N, width))
+    p1 = mf.online_sgd(p0, teacher, jax.random.key(4), eta, N, 1, batch_size=BATCH)
     moved = mf.particles(p1, N) - mf.particles(p0, N)
     return p0, p1, np.sqrt(np.mean(np.sum(np.asarray(moved) ** 2, axis=1)))
 
@@ -58,14 +59,14 @@ def test_mean_field_step_moves_particles_by_order_eta(teacher):
 
 def test_online_sgd_learns_and_is_reproducible(teacher):
     x = jax.random.normal(jax.random.key(5), (256, D))
-    y = teacher[0](teacher[1], x)
+    y = mf.teacher_apply(teacher, x)
+    assert y.shape == (256, 1)
     keys = jax.random.split(jax.random.key(6), 1)
     N = 24
-    p0 = jax.tree.map(lambda a: a[0], mf.init_students(keys, D, N, WIDTH))
-    apply_fn = mf.student_apply(D, WIDTH)
-    run = lambda k: mf.online_sgd(apply_fn, teacher[0], p0, teacher[1], k, 0.2, N, 200, batch_size=BATCH)
+    p0 = jax.tree.map(lambda a: a[0], mf.student_init(keys, D, N, WIDTH))
+    run = lambda k: mf.online_sgd(p0, teacher, k, 0.2, N, 200, batch_size=BATCH)
     p1, p2 = run(jax.random.key(7)), run(jax.random.key(7))
-    risk = lambda p: float(0.5 * jnp.mean((mf.student_output(apply_fn, p, x, N) - y) ** 2))
+    risk = lambda p: float(0.5 * jnp.mean((mf.student_apply(p, x, N) - y) ** 2))
     assert risk(p1) < 0.5 * risk(p0)
     np.testing.assert_array_equal(mf.particles(p1), mf.particles(p2))
 
@@ -89,6 +90,32 @@ def test_step_size_regimes_and_errors():
     with pytest.raises(ValueError, match="kappa"):
         mf.step_size(0.2, 16, 16, -1.0)
     with pytest.raises(ValueError, match="width"):
-        mf.init_students(jax.random.split(jax.random.key(0), 1), D, 8, 4)
+        mf.student_init(jax.random.split(jax.random.key(0), 1), D, 8, 4)
     with pytest.raises(ValueError, match="no step"):
         mf.discrepancy_experiment(jax.random.key(0), None, jnp.ones((2, D)), 4, 1.0, 0.1, 2, 1)
+
+
+def _online_sgd_reference(teacher, params0, data_key, eta, N, num_steps):
+    """Online SGD step by step in Python: x_n from fold_in(data_key, n), theta <- theta - eta N grad L_B."""
+    loss = lambda p, x, y: 0.5 * jnp.sum((mf.student_apply(p, x, N) - y) ** 2) / x.shape[0]
+
+    @jax.jit
+    def step(p, n, eta, N):
+        x = jax.random.normal(jax.random.fold_in(data_key, n), (BATCH, D))
+        g = jax.grad(loss)(p, x, mf.teacher_apply(teacher, x))
+        return jax.tree.map(lambda a, b: a - eta * N * b, p, g)
+
+    p = params0
+    for n in range(num_steps):
+        p = step(p, jnp.int32(n), jnp.float32(eta), jnp.int32(N))
+    return p
+
+
+def test_online_sgd_matches_a_step_by_step_reference(teacher):
+    N, eta, num_steps = 12, 0.1, 7
+    p0 = jax.tree.map(lambda a: a[0], mf.student_init(jax.random.split(jax.random.key(10), 1), D, N, WIDTH))
+    k = jax.random.key(11)
+    got = mf.online_sgd(p0, teacher, k, eta, N, num_steps, batch_size=BATCH)
+    want = _online_sgd_reference(teacher, p0, k, eta, N, num_steps)
+    np.testing.assert_allclose(mf.particles(got), mf.particles(want), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(mf.particles(got), mf.particles(p0))  # the steps moved the particles

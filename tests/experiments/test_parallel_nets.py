@@ -35,7 +35,7 @@ X = jnp.linspace(-1, 1, 9)[:, None]
 
 
 def test_parallel_forward_matches_reference_and_shapes():
-    p = pn.init_parallel(jax.random.key(0), num_subnets=5, width=3, depth=3)
+    p = pn.parallel_init(jax.random.key(0), num_subnets=5, width=3, depth=3)
     assert [w.shape for w in p["layers"]] == [(5, 2, 3), (5, 3, 3), (5, 3, 1)]
     np.testing.assert_allclose(pn.parallel_apply(p, X), _reference_parallel(p, X), rtol=1e-5, atol=1e-6)
     assert pn.subnet_outputs(p, X).shape == (5, 9, 1)
@@ -43,17 +43,17 @@ def test_parallel_forward_matches_reference_and_shapes():
 
 
 def test_resnet_forward_matches_reference():
-    p = pn.init_resnet(jax.random.key(1), num_blocks=6, width=4, depth=3)
+    p = pn.resnet_init(jax.random.key(1), num_blocks=6, width=4, depth=3)
     assert [w.shape for w in p["layers"]] == [(6, 3, 4), (6, 4, 4), (6, 4, 3)]
     np.testing.assert_allclose(pn.resnet_apply(p, X), _reference_resnet(p, X), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_sizes_and_inputs_raise():
     with pytest.raises(ValueError, match="depth"):
-        pn.init_parallel(jax.random.key(0), 4, 3, 1)
+        pn.parallel_init(jax.random.key(0), 4, 3, 1)
     with pytest.raises(ValueError, match="width"):
-        pn.init_parallel(jax.random.key(0), 4, 0, 3)
-    p = pn.init_parallel(jax.random.key(0), 4, 3, 3)
+        pn.parallel_init(jax.random.key(0), 4, 0, 3)
+    p = pn.parallel_init(jax.random.key(0), 4, 3, 3)
     with pytest.raises(ValueError, match="features"):
         pn.parallel_apply(p, jnp.ones((5, 2)))
     with pytest.raises(ValueError, match="shape"):
@@ -63,7 +63,7 @@ def test_bad_sizes_and_inputs_raise():
 
 
 def test_knots_init_places_first_layer_kinks_in_range():
-    p = pn.init_parallel(jax.random.key(3), 50, 4, 3, knots=(-0.5, 0.25))
+    p = pn.parallel_init(jax.random.key(3), 50, 4, 3, knots=(-0.5, 0.25))
     w1 = np.asarray(p["layers"][0])
     kinks = -w1[:, 1, :] / w1[:, 0, :]
     assert kinks.min() >= -0.5 - 1e-6 and kinks.max() <= 0.25 + 1e-6
@@ -72,7 +72,7 @@ def test_knots_init_places_first_layer_kinks_in_range():
 @pytest.mark.parametrize("architecture", ["parallel", "resnet"])
 def test_rescaling_symmetry_and_rebalance(architecture):
     """Layer rescalings with prod alpha = 1 keep f; rebalancing reaches the AM-GM minimum of the penalty."""
-    init, apply = (pn.init_parallel, pn.parallel_apply) if architecture == "parallel" else (pn.init_resnet, pn.resnet_apply)
+    init, apply = (pn.parallel_init, pn.parallel_apply) if architecture == "parallel" else (pn.resnet_init, pn.resnet_apply)
     p = init(jax.random.key(2), 7, 4, 3)
     alpha = jnp.exp(jax.random.normal(jax.random.key(5), (7, 3)))
     alpha = alpha / jnp.prod(alpha, axis=1, keepdims=True) ** (1 / 3)
@@ -91,7 +91,7 @@ def test_rescaling_symmetry_and_rebalance(architecture):
 
 
 def test_norms_active_and_balance_measures():
-    p = pn.init_parallel(jax.random.key(4), 4, 3, 3)
+    p = pn.parallel_init(jax.random.key(4), 4, 3, 3)
     layers = list(p["layers"])
     layers[1] = layers[1].at[2].set(0.0)  # subnetwork 2 switched off
     p = {**p, "layers": tuple(layers)}
@@ -121,7 +121,7 @@ def test_doppler_and_spiky_data():
 
 def test_weight_decay_sweep_trains_and_shrinks_norms():
     x, y, _, _ = pn.regression_data(jax.random.key(1), "spiky", 64, 0.05)
-    p0 = pn.init_parallel(jax.random.key(2), 8, 3, 3, knots=(-1.0, 1.0))
+    p0 = pn.parallel_init(jax.random.key(2), 8, 3, 3, knots=(-1.0, 1.0))
     lams = jnp.array([0.0, 1e-3, 1e-1])
     res = pn.train_weight_decay_sweep(pn.parallel_apply, p0, x, y, lams, optax.adam(1e-2), 400, 100)
     assert res.records.shape == (3, 4, 8, 3)

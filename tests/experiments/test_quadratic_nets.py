@@ -31,7 +31,9 @@ def test_risk_closed_form_matches_monte_carlo():
 def test_risk_is_half_mse_of_the_network():
     W, A_star = _pair(d=4, m=2, m_star=2)
     x = jax.random.normal(jax.random.key(2), (3, 4))
-    np.testing.assert_allclose(q.quadratic_net(W, x), jnp.einsum("ni,ij,nj->n", x, W @ W.T, x), rtol=1e-12)
+    f = q.quadratic_net_apply(W, x)
+    assert f.shape == (3, 1)
+    np.testing.assert_allclose(f[:, 0], jnp.einsum("ni,ij,nj->n", x, W @ W.T, x), rtol=1e-12)
 
 
 def test_gradient_matches_autodiff():
@@ -156,6 +158,6 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="orthonormal"):
         q.orthonormal_columns(jax.random.key(0), 3, 4)
     with pytest.raises(ValueError, match="expected"):
-        q.quadratic_net(jnp.ones((3, 2)), jnp.ones((5, 4)))
+        q.quadratic_net_apply(jnp.ones((3, 2)), jnp.ones((5, 4)))
     with pytest.raises(ValueError, match="m_total"):
         q.pad_columns(jnp.ones((3, 2)), 1)

@@ -1,5 +1,6 @@
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from overparam.experiments import tensorized as tt
@@ -48,3 +49,32 @@ def test_train_tt_mlp_fits_and_checks_steps():
     assert losses.shape == (200,) and float(losses[-1]) < 0.5 * float(losses[0])
     with pytest.raises(ValueError, match="num_steps"):
         tt.train_tt_mlp(p, x, y, 1e-2, 0)
+
+
+def test_train_tt_mlp_matches_a_step_by_step_adam_reference():
+    import optax
+
+    from overparam.training import softmax_cross_entropy
+
+    p0 = tt.tt_mlp_init(jax.random.key(0), [(2, 2), (2, 4), (1, 3)], 2)
+    x = jax.random.normal(jax.random.key(1), (30, 4))
+    y = jax.nn.one_hot(jnp.argmax(x[:, :3], 1), 3)
+    lr, num_steps = 1e-2, 25
+    opt = optax.adam(lr)
+    loss = lambda p: softmax_cross_entropy(tt.tt_mlp_apply(p, x), y)
+
+    @jax.jit
+    def step(p, state):
+        value, g = jax.value_and_grad(loss)(p)
+        updates, state = opt.update(g, state, p)
+        return optax.apply_updates(p, updates), state, value
+
+    p, state, want_losses = p0, opt.init(p0), []
+    for _ in range(num_steps):  # the loss is recorded at theta_t, before step t's update
+        p, state, value = step(p, state)
+        want_losses.append(value)
+    got, losses = tt.train_tt_mlp(p0, x, y, lr, num_steps)
+    assert losses.shape == (num_steps,)
+    np.testing.assert_allclose(losses, jnp.stack(want_losses), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

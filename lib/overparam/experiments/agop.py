@@ -52,7 +52,7 @@ def agop_from_jacobians(jac):
 
 
 def agop(apply_fn, params, x):
-    """AGOP (d, d) of the predictor ``apply_fn(params, .)`` over the inputs x (N, d)."""
+    """AGOP (d, d) of the predictor ``apply_fn(params, x) -> (N, d_out)`` over the inputs x (N, d), summed over outputs."""
     return agop_from_jacobians(input_gradients(apply_fn, params, x))
 
 

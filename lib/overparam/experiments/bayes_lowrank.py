@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from overparam.experiments.tensorized import tt_mlp_apply
+from overparam.training import run_loop
 
 
 def init_variational(params, init_log_sigma: float = -6.0):
@@ -94,34 +95,38 @@ def negative_elbo(q, key, x, y, base_std, kl_weight=1.0):
     return nll + kl_weight * (kl - hyper) / x.shape[0]
 
 
+def _step_key(data, t):
+    """``batches(data, t)`` for ``run_loop``: step t draws its sample with keys[t]; x, y, base_std, kl_weight stay."""
+    keys, *rest = data
+    return (keys[t], *rest)
+
+
 @partial(jax.jit, static_argnames=("lr", "num_steps"))
-def _fit_scan(q0, key, x, y, base_std, kl_weight, lr, num_steps):
+def _fit(q0, key, x, y, base_std, kl_weight, lr, num_steps):
     # module level with kl_weight traced: one compilation serves every temperature of a sweep
     opt = optax.adam(optax.cosine_decay_schedule(lr, num_steps, alpha=0.01))
-    loss_grad = jax.value_and_grad(negative_elbo)
-
-    def step(carry, k):
-        q, state = carry
-        loss, g = loss_grad(q, k, x, y, base_std, kl_weight)
-        updates, state = opt.update(g, state, q)
-        return (optax.apply_updates(q, updates), state), loss
-
-    (q, _), losses = jax.lax.scan(step, (q0, opt.init(q0)), jax.random.split(key, num_steps))
-    return q, losses
+    data = (jax.random.split(key, num_steps), x, y, base_std, kl_weight)
+    result = run_loop(negative_elbo, q0, opt, num_steps, data=data, batches=_step_key, record_every=num_steps,
+                      divergence_threshold=None)
+    return result.params, result.step_losses
 
 
 def fit_variational(key, q0, base_std, x, y, lr: float, num_steps: int, kl_weight: float = 1.0):
-    """Adam on ``negative_elbo`` for num_steps full-batch steps (one lax.scan) -> (q, losses (num_steps,)).
+    """Adam on ``negative_elbo`` for num_steps full-batch steps -> (q, losses (num_steps,)).
 
-    The step size decays from lr to lr / 100 on a cosine schedule, so the last steps average out
-    the single-sample gradient noise. kl_weight in (0, 1]: the posterior temperature lam.
+    q0 from ``variational_init``; x (N, M), one-hot y (N, C). Step t draws its reparameterized
+    sample with the t-th key of ``jax.random.split(key, num_steps)``; losses[t] is the negative
+    ELBO of that sample at q before update t. ``overparam.training.run_loop`` (one jitted scan, no
+    divergence check). The step size decays from lr to lr / 100 on a cosine schedule, so the last
+    steps average out the single-sample gradient noise. kl_weight in (0, 1]: the posterior
+    temperature lam.
     """
     if int(num_steps) < 1:
         raise ValueError(f"num_steps={num_steps}: expected an integer >= 1")
     if not 0.0 < float(kl_weight) <= 1.0:
         raise ValueError(f"kl_weight={kl_weight}: expected a temperature in (0, 1]")
     base = jax.tree.map(jnp.asarray, base_std)
-    return _fit_scan(q0, key, x, y, base, jnp.asarray(kl_weight, jnp.float32), float(lr), int(num_steps))
+    return _fit(q0, key, x, y, base, jnp.asarray(kl_weight, jnp.float32), float(lr), int(num_steps))
 
 
 @partial(jax.jit, static_argnames="num_samples")

@@ -66,7 +66,11 @@ def uv_apply(params, x):
 
 
 def uv_kernel(params, x):
-    """Loss-normalized kernel of the uv model on one example x (shape (1, 1)): (|u|^2 + |v|^2) x^2 / m."""
+    """Loss-normalized kernel of the uv model on one example x (shape (1, 1)): (|u|^2 + |v|^2) x^2 / m (scalar).
+
+    The closed form (derived in ``overparam.derivations.catapult``) of
+    ``overparam.kernels.empirical.ntk_top_eigenvalue(uv_apply, params, x)``.
+    """
     u, v = params["u"], params["v"]
     x = jnp.asarray(x).reshape(())
     return (jnp.sum(u**2) + jnp.sum(v**2)) * x**2 / u.shape[0]
@@ -119,7 +123,13 @@ def classify_losses(losses, rise: float = 1.1):
 
 
 def _uv_iterate(r0, lam0, lr, x, y, m, num_steps: int, divergence_factor: float, record: bool):
-    """Shared scan of ``uv_step`` with freezing at divergence; records trajectories or only a summary."""
+    """Shared scan of ``uv_step`` with freezing at divergence; records trajectories or only a summary.
+
+    Not a training loop: it iterates the exact two-dimensional map (r, lambda) -> (r', lambda') of
+    the derivation (no parameters, no gradient, no optimizer), at O(1) cost per step whatever the
+    width, so that widths can be traced. That this map is GD on (u, v) is checked against
+    ``overparam.training.train_gd`` in the tests.
+    """
     loss0 = 0.5 * r0**2
     threshold = divergence_factor * (1.0 + loss0)
 
@@ -387,7 +397,7 @@ def init_lr_sweep(apply_fn, params0, x, y, a0s, num_steps: int, *, order=None, k
                   x_test=None, y_test=None, divergence_factor: float = 1e6) -> LRSweep:
     """Like ``gd_lr_sweep`` for S inits at once, with lr = a0 / lambda_0 per init (one compile).
 
-    params0: leaves with a leading axis S (e.g. ``overparam.models.init_mlp_ensemble``);
+    params0: leaves with a leading axis S (e.g. ``overparam.models.MLPSpec.init_ensemble``);
     a0s (E,): learning rates in units of 1/lambda_0 (a0 = 2 is the linear threshold 2/lambda_0),
     lambda_0 the loss-normalized kernel of apply_fn at each init. Every field of the result
     has a leading axis S. The Taylor models (order 1, 2) are built around each init inside
@@ -444,7 +454,8 @@ def model_phase_grid(make_model, widths, x, y, a0s, num_steps: int, *, order=Non
                      rise: float = 1.1) -> PhaseGrid:
     """GD at lr = a0 / lambda_0 for every width, init (S) and a0 (A): one ``init_lr_sweep`` per width.
 
-    make_model(width) -> (apply_fn, params0 with a leading axis S).
+    make_model(width) -> (apply_fn, params0 with a leading axis S), apply_fn(params, x) -> (N, 1);
+    x (N, d), y (N, 1); a0s (A,). Returns phases and lr * lambda_T of shape (W, S, A).
     """
     sweeps = []
     for width in widths:

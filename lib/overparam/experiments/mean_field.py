@@ -22,7 +22,7 @@ minibatch), does not average out over N, and keeps independent runs apart at O(e
 
 Padding: a particle with w_k = 0 and v_k = 0 has zero gradient and contributes nothing, so a
 width-N student is stored as a width-N_pad network whose last N_pad - N particles are zero;
-its output is (N_pad / N) times the padded network's (``student_output``), which is exactly
+its output is (N_pad / N) times the padded network's (``student_apply``), which is exactly
 f above. All widths then share one compiled training loop.
 """
 
@@ -34,22 +34,28 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from overparam.models import MLPSpec
-from overparam.training import mse_loss
+from overparam.training import mse_loss, run_loop
 
 
-def student_apply(d: int, width: int) -> MLPSpec:
-    """The mean-field network with ``width`` particles (an ``MLPSpec``: apply_fn(params, x (n, d)) -> (n, 1)),
-    f = (1/width) sum_k v_k tanh(w_k^T x / sqrt d); see ``student_output`` for padded students."""
+def student_spec(d: int, width: int) -> MLPSpec:
+    """The padded student network: width ``width`` mean-field tanh MLP (d, width, 1) without biases.
+
+    ``student_spec(d, width)(params, x)`` is (1/width) sum_k v_k tanh(w_k^T x / sqrt d), (n, d) -> (n, 1);
+    ``student_apply`` rescales it to the student's N live particles.
+    """
     return MLPSpec((d, width, 1), "tanh", "mean_field", use_bias=False)
 
 
-def init_students(keys, d: int, N: int, width: int | None = None):
+def student_init(keys, d: int, N: int, width: int | None = None):
     """Params of len(keys) independent mean-field students of N particles (leading axis = run),
     stored with ``width`` >= N slots (default N); slots N..width-1 hold zero particles.
 
-    The first N particles have the same law for any width (w_k ~ N(0, I_d), v_k ~ N(0, 1)).
+    keys: (runs,) typed or (runs, 2) raw keys. Layer 0 holds w (runs, d, width), layer 1 holds
+    v (runs, width, 1). The first N particles have the same law for any width (w_k ~ N(0, I_d),
+    v_k ~ N(0, 1)).
     """
     width = N if width is None else width
     if d < 1 or N < 1 or width < N:
@@ -60,7 +66,7 @@ def init_students(keys, d: int, N: int, width: int | None = None):
 @partial(jax.jit, static_argnums=(2, 3))
 def _init_padded(keys, N, d: int, width: int):
     """Params of padded students (one compilation per (d, width); N traced)."""
-    params = student_apply(d, width).init_ensemble(keys)
+    params = student_spec(d, width).init_ensemble(keys)
     live = (jnp.arange(width) < N).astype(jnp.float32)
     w, v = params["layers"][0]["w"], params["layers"][1]["w"]   # nnx.Param (runs, d, width), (runs, width, 1)
     w[...] = w[...] * live[None, None, :]
@@ -68,19 +74,31 @@ def _init_padded(keys, N, d: int, width: int):
     return params
 
 
-def student_output(apply_fn, params, x, N):
-    """f(x) (n, 1) of a student with N live particles stored in a padded network: (width / N) apply_fn."""
-    width = params["layers"][1]["w"].shape[-2]
-    return apply_fn(params, x) * (width / N)
+def student_apply(params, x, N):
+    """f(x) (n, 1) of one student with N live particles, x (n, d): (width / N) ``student_spec(d, width)(params, x)``.
+
+    params: one run of ``student_init`` (no leading run axis); d and width are read off its shapes,
+    N may be traced. This is exactly f = (1/N) sum_{k<N} v_k tanh(w_k^T x / sqrt d).
+    """
+    d, width = params["layers"][0]["w"].shape
+    return student_spec(d, width)(params, x) * (width / N)
 
 
-def make_teacher(key, d: int, k_star: int):
-    """(apply_fn, params) of the teacher f*(x) = v*^T tanh(W*^T x / sqrt d) / sqrt(k*), N(0, 1) weights."""
+def _teacher_spec(d: int, k_star: int) -> MLPSpec:
+    return MLPSpec((d, k_star, 1), "tanh", "ntk", use_bias=False)
+
+
+def teacher_init(key, d: int, k_star: int):
+    """Params of the teacher f*(x) = v*^T tanh(W*^T x / sqrt d) / sqrt(k*), N(0, 1) weights, from one key."""
     if k_star < 1:
         raise ValueError(f"k_star={k_star} must be positive")
-    apply_fn = MLPSpec((d, k_star, 1), "tanh", "ntk", use_bias=False)
-    params = apply_fn.init_ensemble(key[None])
-    return apply_fn, jax.tree.map(lambda p: p[0], params)
+    params = _teacher_spec(d, k_star).init_ensemble(key[None])
+    return jax.tree.map(lambda p: p[0], params)
+
+
+def teacher_apply(params, x):
+    """f*(x) (n, 1) for x (n, d) and params from ``teacher_init`` (d and k* read off their shapes)."""
+    return _teacher_spec(*params["layers"][0]["w"].shape)(params, x)
 
 
 def particles(params, N: int | None = None):
@@ -97,26 +115,36 @@ def step_size(eta0: float, N, N0: int, kappa: float):
     return eta0 * (N0 / np.asarray(N, dtype=float)) ** kappa
 
 
-@partial(jax.jit, static_argnames=("apply_fn", "teacher_fn", "batch_size"))
-def online_sgd(apply_fn, teacher_fn, params0, teacher_params, data_key, eta, N, num_steps, *, batch_size: int):
-    """Online SGD with the mean-field step (``params - eta * N * grad``) for ``num_steps`` steps.
+def _fresh_samples(batch_size: int, d: int):
+    """``batches(data, t)`` for ``run_loop`` with data = (data_key, teacher_params): step t's
+    x_t (batch_size, d) ~ N(0, I_d) from ``fold_in(data_key, t)`` and its targets ``teacher_apply`` (batch_size, 1)."""
 
-    Step n draws x_n (batch_size, d) from ``fold_in(data_key, n)``: two runs with the same
-    data_key see the same samples. The student is ``student_output(apply_fn, params, x, N)``
-    (N live particles, possibly padded). apply_fn / teacher_fn: static (cached) apply functions;
-    params0, data_key, eta, N and num_steps are traced (a ``fori_loop`` with a traced length),
+    def batches(data, t):
+        data_key, teacher_params = data
+        x = jax.random.normal(jax.random.fold_in(data_key, t), (batch_size, d))
+        return x, teacher_apply(teacher_params, x)
+
+    return batches
+
+
+@partial(jax.jit, static_argnames=("batch_size",))
+def online_sgd(params0, teacher_params, data_key, eta, N, num_steps, *, batch_size: int):
+    """Online SGD with the mean-field step (``params - eta * N * grad``) for ``num_steps`` steps -> params.
+
+    params0: one student (``student_init`` without the run axis) with N live particles;
+    teacher_params from ``teacher_init``. Step n minimizes the half-MSE
+    ``mse_loss(student_apply(params, x_n, N), teacher_apply(teacher_params, x_n))`` on x_n
+    (batch_size, d) drawn from ``fold_in(data_key, n)`` (``_fresh_samples``): two runs with
+    the same data_key see the same samples. ``run_loop`` with plain SGD at rate eta * N, no
+    divergence check and a traced horizon: params0, data_key, eta, N and num_steps are traced,
     so every width, step size and horizon at one padded shape share one compilation, and
     ``jax.vmap`` over runs works.
     """
     d = params0["layers"][0]["w"].shape[0]
-    loss = lambda p, x, y: mse_loss(student_output(apply_fn, p, x, N), y)
-
-    def step(n, p):
-        x = jax.random.normal(jax.random.fold_in(data_key, n), (batch_size, d))
-        g = jax.grad(loss)(p, x, teacher_fn(teacher_params, x))
-        return jax.tree.map(lambda a, b: a - eta * N * b, p, g)
-
-    return jax.lax.fori_loop(0, num_steps, step, params0)
+    loss = lambda p, x, y: mse_loss(student_apply(p, x, N), y)
+    result = run_loop(loss, params0, optax.sgd(eta * N), num_steps, data=(data_key, teacher_params),
+                      batches=_fresh_samples(batch_size, d), record_every=None, divergence_threshold=None)
+    return result.params
 
 
 def rms_distance(f1, f2):
@@ -148,8 +176,8 @@ def discrepancy_experiment(key, teacher, x_test, N: int, eta: float, horizon: fl
 
     Group g uses inits i1, i2 and data streams s1, s2 and trains (i1,s1), (i2,s2), (i1,s2), (i2,s1);
     independent pairs: (i1,s1)-(i2,s2) and (i1,s2)-(i2,s1); same init: (i1,s1)-(i1,s2) and
-    (i2,s2)-(i2,s1); same data: (i1,s1)-(i2,s1) and (i2,s2)-(i1,s2). teacher: (apply_fn, params)
-    from ``make_teacher``; x_test (n, d). Steps: round(horizon / eta). ``width`` >= N pads the
+    (i2,s2)-(i2,s1); same data: (i1,s1)-(i2,s1) and (i2,s2)-(i1,s2). teacher: params from
+    ``teacher_init``; x_test (n, d). Steps: round(horizon / eta). ``width`` >= N pads the
     students (default N) so that several N share one compilation.
     """
     num_steps = int(round(horizon / eta))
@@ -163,14 +191,11 @@ def discrepancy_experiment(key, teacher, x_test, N: int, eta: float, horizon: fl
     init_keys = jnp.stack([inits[:, i] for i, _ in pairs], axis=1).reshape(-1)
     data_keys = jnp.stack([streams[:, s] for _, s in pairs], axis=1).reshape(-1)
     width = N if width is None else width
-    apply_fn = student_apply(d, width)
-    teacher_fn, teacher_params = teacher
-    params0 = init_students(init_keys, d, N, width)
-    train = lambda p, k: online_sgd(apply_fn, teacher_fn, p, teacher_params, k, eta, N, num_steps,
-                                    batch_size=batch_size)
+    params0 = student_init(init_keys, d, N, width)
+    train = lambda p, k: online_sgd(p, teacher, k, eta, N, num_steps, batch_size=batch_size)
     params = jax.vmap(train)(params0, data_keys)
-    f = _outputs(apply_fn, params, x_test, N).reshape(num_groups, 4, -1)
-    y = teacher_fn(teacher_params, x_test)[:, 0]
+    f = _outputs(params, x_test, N).reshape(num_groups, 4, -1)
+    y = teacher_apply(teacher, x_test)[:, 0]
     dist = lambda a, b: np.asarray(jax.vmap(rms_distance)(f[:, a], f[:, b]))
     risk = 0.5 * np.asarray(jnp.mean((f - y) ** 2, axis=-1)).ravel()
     return Discrepancy(N, float(eta), num_steps,
@@ -179,9 +204,9 @@ def discrepancy_experiment(key, teacher, x_test, N: int, eta: float, horizon: fl
                        np.concatenate([dist(0, 3), dist(1, 2)]), risk)
 
 
-@partial(jax.jit, static_argnames=("apply_fn",))
-def _outputs(apply_fn, params, x, N):
-    return jax.vmap(lambda p: student_output(apply_fn, p, x, N)[:, 0])(params)
+@jax.jit
+def _outputs(params, x, N):
+    return jax.vmap(lambda p: student_apply(p, x, N)[:, 0])(params)
 
 
 def discrepancy_sweep(key, teacher, x_test, widths, eta0: float, kappa: float, horizon: float, batch_size: int,

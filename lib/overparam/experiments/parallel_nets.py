@@ -21,7 +21,7 @@ each of depth L and width w. Conventions (every function in this module):
 
 params is a dict {"layers": (W_1 (M, d_in + 1, w), W_2 (M, w, w), ..., W_L (M, w, d_out)), "bias": (d_out,)}.
 
-The ResNet variant (``init_resnet`` / ``resnet_apply``) keeps the same params layout, but the
+The ResNet variant (``resnet_init`` / ``resnet_apply``) keeps the same params layout, but the
 blocks act in sequence on a residual stream h in R^r, h_0 = [x; 1; 0] (r = d_in + 2):
 h_j = h_{j-1} + g_j(h_{j-1}) with g_j a depth-L block of the same form (W_{j,1}: (r, w), W_{j,L}:
 (w, r)) and the output f(x) = b + last coordinate of h_M. Every block is positively homogeneous
@@ -127,7 +127,7 @@ def _init_layers(key, fan_ins, fan_outs, num_subnets, out_scale, knots=None):
     return tuple(layers)
 
 
-def init_parallel(key, num_subnets: int, width: int, depth: int, d_in: int = 1, d_out: int = 1, out_scale: float = 1.0,
+def parallel_init(key, num_subnets: int, width: int, depth: int, d_in: int = 1, d_out: int = 1, out_scale: float = 1.0,
                   knots=None):
     """Params of a parallel network of ``num_subnets`` subnetworks of width ``width`` and depth ``depth``.
 
@@ -176,10 +176,10 @@ def parallel_apply(params, x):
     return params["bias"] + subnet_outputs(params, x).sum(axis=0)
 
 
-def init_resnet(key, num_blocks: int, width: int, depth: int, d_in: int = 1, out_scale: float = 1.0):
+def resnet_init(key, num_blocks: int, width: int, depth: int, d_in: int = 1, out_scale: float = 1.0):
     """Params of the ResNet variant: ``num_blocks`` residual blocks on a stream of size d_in + 2.
 
-    Same layout as ``init_parallel`` with W_{j,1}: (r, w) and W_{j,L}: (w, r), r = d_in + 2; the
+    Same layout as ``parallel_init`` with W_{j,1}: (r, w) and W_{j,L}: (w, r), r = d_in + 2; the
     output is the last stream coordinate (d_out = 1).
     """
     _check_sizes(num_blocks, width, depth)

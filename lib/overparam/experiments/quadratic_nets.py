@@ -10,6 +10,7 @@ gradient           dR/dA = 2 G,  G = D + 1/2 tr(D) I;   grad_W R = 4 G W
 gradient flow      dW/dt = -4 G W,   hence   dA/dt = -4 (G A + A G)
 =================  =========================================================================
 
+``quadratic_net_apply(W, x)`` is the student on inputs x (n, d), with outputs (n, 1).
 The "1/m" convention f = (1/m) sum_j (w~_j^T x)^2 is the same model with w_j = w~_j / sqrt(m),
 and its flow in mean-field time (dW~/dt = -m grad_W~ R) is exactly the flow above.
 A zero column w_j = 0 stays zero under the flow, so students of different widths are run
@@ -51,13 +52,13 @@ def _check_w(W, name="W"):
     return W
 
 
-def quadratic_net(W, x):
-    """f_W(x) = sum_j (w_j^T x)^2 for W (d, m) and x (n, d): returns (n,)."""
+def quadratic_net_apply(W, x):
+    """f_W(x) = sum_j (w_j^T x)^2 for the weights W (d, m) (one column per neuron) and x (n, d): returns (n, 1)."""
     W = _check_w(W)
     x = jnp.asarray(x)
     if x.ndim != 2 or x.shape[1] != W.shape[0]:
         raise ValueError(f"x has shape {x.shape}; expected (n, {W.shape[0]}) for W of shape {W.shape}")
-    return jnp.sum((x @ W) ** 2, axis=1)
+    return jnp.sum((x @ W) ** 2, axis=1, keepdims=True)
 
 
 def gram(W):
@@ -95,7 +96,7 @@ def monte_carlo_risk(key, W, A_star, num_samples: int):
 @partial(jax.jit, static_argnames="num_samples")
 def _monte_carlo_risk(key, W, A_star, num_samples):
     x = jax.random.normal(key, (num_samples, W.shape[0]), W.dtype)
-    err = quadratic_net(W, x) - jnp.einsum("ni,ij,nj->n", x, A_star, x)
+    err = quadratic_net_apply(W, x)[:, 0] - jnp.einsum("ni,ij,nj->n", x, A_star, x)
     loss = 0.5 * err**2
     return jnp.mean(loss), jnp.std(loss, ddof=1) / math.sqrt(num_samples)
 

@@ -24,9 +24,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from overparam.curvature import top_eigs_subspace
 from overparam.kernels.empirical import ntk
-from overparam.training import mse_loss, sgd_batch_indices
+from overparam.training import batch_loss, minibatches, mse_loss, run_loop
 
 
 # ----------------------------------------------------------------------- spike detection
@@ -163,25 +165,6 @@ def spike_statistics(trace, rise: float = 5.0, floor=None, metric=None) -> Spike
 
 
 # ---------------------------------------------------------- the top of the tangent kernel
-def top_eigs_subspace(kernel, v0, num_iters: int = 20):
-    """Top-k eigenpairs of a symmetric PSD matrix (n, n) by subspace iteration from v0 (n, k).
-
-    Returns (eigvals (k,) descending, eigvecs (n, k)). Converges like (mu_{k+1}/mu_k)^iters; a
-    warm start (the previous step's eigenvectors along a trajectory) needs only a few
-    iterations. Much cheaper than a full ``eigh`` when k << n.
-    """
-    if v0.ndim != 2 or v0.shape[0] != kernel.shape[0]:
-        raise ValueError(f"v0 has shape {v0.shape}; expected ({kernel.shape[0]}, k)")
-
-    def body(_, v):
-        return jnp.linalg.qr(kernel @ v)[0]
-
-    v = jax.lax.fori_loop(0, num_iters, body, jnp.linalg.qr(v0)[0])
-    small = v.T @ kernel @ v  # Rayleigh-Ritz in span(v)
-    evals, rot = jnp.linalg.eigh((small + small.T) / 2)
-    return evals[::-1], (v @ rot)[:, ::-1]
-
-
 def projected_loss(residual, eigvecs):
     """Half-MSE of the residual r (n,) or (n, 1) restricted to span(eigvecs (n, k)): |U^T r|^2 / (2n)."""
     residual = jnp.asarray(residual).reshape(-1)
@@ -261,15 +244,19 @@ def sgd_trajectory(apply_fn, params0, x, y, lr, key, batch_size: int, num_steps:
 
     params_{t+1} = params_t - lr * grad L_{B_t}(params_t), L_B = ``mse_loss`` on the batch,
     B_t = ``sgd_batch_indices(key, N, batch_size, t)`` (the order ``train_sgd`` uses for the same
-    key). x (N, d), y (N, d_out); x_probe (n_p, d), y_probe (n_p, d_out) a fixed probe set for
-    the kernel. lr and key are traced (``jax.vmap`` over seeds and learning rates compiles once
-    per shape). One ``lax.scan``; a diverging run goes on with non-finite values (no exception).
+    key). apply_fn(params, x (n, d)) -> (n, d_out), e.g. an ``overparam.models.MLPSpec``.
+    x (N, d), y (N, d_out); x_probe (n_p, d), y_probe (n_p, d_out) a fixed probe set for the
+    kernel (``top_loss`` projects the residual of the first output). lr and key are traced
+    (``jax.vmap`` over seeds and learning rates compiles once per shape).
 
-    The top-k eigenvectors of K(X_p) are tracked by subspace iteration warm-started from the
-    previous step (``power_iters`` per step; an exact ``eigh`` at t = 0); the batch curvatures
-    by power iteration from the constant vector (the top eigenvector of a ReLU NTK is close to
-    it). kernel_fn(params, x) -> (n, n) defaults to ``overparam.kernels.empirical.ntk`` (layer-wise
-    for an ``MLPSpec``, NTK-vector products otherwise).
+    Runs on ``overparam.training.run_loop`` (one ``lax.scan``) with ``divergence_threshold=None``: a
+    diverging run is not frozen but goes on with its huge or non-finite values (no exception), as
+    a record of the instability. The top-k eigenvectors of K(X_p) are tracked by subspace iteration
+    (``overparam.curvature.top_eigs_subspace``) warm-started from the previous step (the loop's
+    stateful observer; ``power_iters`` per step, an exact ``eigh`` at t = 0); the batch curvatures
+    (the loop's ``on_step``) by power iteration from the constant vector (the top eigenvector of a
+    ReLU NTK is close to it). kernel_fn(params, x) -> (n, n) defaults to
+    ``overparam.kernels.empirical.ntk`` (layer-wise for an ``MLPSpec``, NTK-vector products otherwise).
     observe: optional params -> pytree of arrays recorded at every step (e.g. AGOP alignment).
     """
     observe = observe if observe is not None else (lambda p: ())
@@ -279,39 +266,31 @@ def sgd_trajectory(apply_fn, params0, x, y, lr, key, batch_size: int, num_steps:
         raise ValueError(f"k_top={k_top} must be between 1 and the probe size {n_p}")
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size={batch_size} must be between 1 and N={n}")
+    loss_fn = batch_loss(apply_fn, mse_loss)
 
-    def record(params, v):
+    def probe_record(params, v):
         evals, evecs = top_eigs_subspace(kernel_fn(params, x_probe), v, power_iters)
         r = apply_fn(params, x_probe) - y_probe
-        rec = dict(
-            train_loss=mse_loss(apply_fn(params, x), y),
-            ntk_top=evals[0] / n_p,
-            probe_loss=mse_loss(r, jnp.zeros_like(r)),
-            top_loss=projected_loss(r[:, 0], evecs),
-            metrics=observe(params),
-        )
+        rec = dict(ntk_top=evals[0] / n_p, probe_loss=mse_loss(r, jnp.zeros_like(r)),
+                   top_loss=projected_loss(r[:, 0], evecs), metrics=observe(params))
         return rec, evecs
 
     def batch_top(params, xb):
         ones = jnp.ones((xb.shape[0], 1), xb.dtype)
         return top_eigs_subspace(kernel_fn(params, xb), ones, power_iters)[0][0] / xb.shape[0]
 
-    def step(carry, t):
-        params, v = carry
-        rec, v = record(params, v)
-        idx = sgd_batch_indices(key, n, batch_size, t)
-        xb, yb = x[idx], y[idx]
-        loss, grads = jax.value_and_grad(lambda p: mse_loss(apply_fn(p, xb), yb))(params)
-        new_params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
-        batch = dict(loss=loss, top_before=batch_top(params, xb), top_after=batch_top(new_params, xb))
-        return (new_params, v), (rec, batch)
+    def batch_curvatures(params, new_params, xb, yb):
+        return batch_top(params, xb), batch_top(new_params, xb)
 
     v0 = jnp.linalg.eigh(kernel_fn(params0, x_probe))[1][:, ::-1][:, :k_top]
-    (params, v), (recs, batch) = jax.lax.scan(step, (params0, v0), jnp.arange(num_steps))
-    last, _ = record(params, v)
-    recs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, last)
-    return SGDTrace(params=params, batch_loss=batch["loss"], batch_top_before=batch["top_before"],
-                    batch_top_after=batch["top_after"], **recs)
+    res = run_loop(loss_fn, params0, optax.sgd(lr), num_steps, data=(x, y), batches=minibatches(key, batch_size),
+                   full_loss=loss_fn, observe=probe_record, observer_state0=v0, on_step=batch_curvatures,
+                   divergence_threshold=None)
+    last, _ = probe_record(res.params, res.observer_state)
+    recs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), res.records, last)
+    top_before, top_after = res.step_records
+    return SGDTrace(params=res.params, train_loss=jnp.append(res.losses, res.final_loss), batch_loss=res.step_losses,
+                    batch_top_before=top_before, batch_top_after=top_after, **recs)
 
 
 def sgd_trajectories(apply_fn, params0, x, y, lr, keys, batch_size: int, num_steps: int, x_probe, y_probe,
