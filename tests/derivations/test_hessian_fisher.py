@@ -7,11 +7,14 @@ import pytest
 import sympy as sp
 from flax import nnx
 
+from overparam.experiments import fisher
 from overparam.experiments import hessian_rank as hr
 from overparam.experiments import natural_gradient as ng
 from overparam.derivations import hessian_fisher as cur
 from overparam.models import as_function, MLPSpec
 from overparam.derivations.symbolic import to_numeric
+from overparam.kernels.analytic import ntk_fc
+from overparam.kernels.empirical import block_grams, mlp_layer_features, output_jacobian
 
 
 # Tests that take the x64 fixture (conftest.py): symbolic vs numeric agreement to ~1e-12
@@ -39,13 +42,12 @@ def test_two_layer_functional_block_matches_closed_form():
     np.testing.assert_allclose(parts.functional[:4, 4:], numeric, atol=1e-12)
 
 
-@pytest.mark.parametrize("widths,n,r", [((2, 3, 2), 4, 2), ((3, 2, 2), 4, 3), ((2, 2, 2, 2), 3, 2)])
+@pytest.mark.parametrize("widths,n,r", [((2, 3, 2), 4, 2), ((3, 2, 2), 4, 3), ((2, 2, 2, 2), 3, 2),
+                                        ((3, 1, 3, 2), 4, 3)])
 def test_exact_ranks_equal_formula_and_float64(widths, n, r):
     exact = cur.exact_hessian_ranks(widths, n, r, seed=1)
     pred = hr.deep_linear_rank_formula(widths, r)
-    assert (exact["outer"], exact["full"]) == (pred.outer, pred.full)
-    if pred.functional is not None:
-        assert exact["functional"] == pred.functional
+    assert (exact["outer"], exact["functional"], exact["full"]) == (pred.outer, pred.functional, pred.full)
     row = hr.deep_linear_rank_check(1, widths, n, r)
     assert (row["outer"], row["functional"], row["full"]) == (exact["outer"], exact["functional"], exact["full"])
 
@@ -110,12 +112,128 @@ def test_mode_factors_match_the_operator(x64):
     np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(np.eye(5) - eta * g)), np.sort(f_gd(eta, lam, 5)), atol=1e-10)
 
 
-def test_block_diagonal_and_kfac_first_layer():
-    assert cur.block_diagonal_operator(2, 2) == 2 * sp.eye(2)
-    operator, trace = cur.kfac_first_layer_operator(3, 2)
-    assert trace == 2
-    x = np.array([[1.0, 2.0], [0.5, -1.0], [2.0, 0.3]])
-    sym = sp.Matrix(3, 2, lambda i, j: sp.Symbol(f"x_{i + 1}{j + 1}"))
-    numeric = np.array(operator.subs({sym[i, j]: x[i, j] for i in range(3) for j in range(2)}), dtype=float)
-    proj = x @ np.linalg.solve(x.T @ x, x.T)
-    np.testing.assert_allclose(numeric, 3 * np.diag(np.diag(proj)), atol=1e-12)
+def test_functional_rank_by_rotation_is_the_released_formula():
+    """The general rank H_f follows from the no-bottleneck theorem by the basis change and the cyclic rotation."""
+    derived, general, s = cur.functional_rank_by_rotation()
+    assert sp.simplify(derived - general) == 0
+    base, bs = cur.no_bottleneck_functional_rank()
+    # where no hidden width is below s (q = s) the general formula is the paper's theorem
+    assert sp.simplify(general.subs(s["q"], s["s"]) - base.subs({bs["s"]: s["s"], bs["S"]: s["S"]})) == 0
+
+
+@pytest.mark.parametrize("nodes", [(2, 3, 2), (1, 3, 2), (2, 1, 3, 2)])
+def test_cycle_trace_rank_is_rotation_invariant_and_matches_no_bottleneck_formula(nodes):
+    """Step 2 of the derivation in exact arithmetic: the rank is the same for every rotation of the cycle."""
+    ranks = {cur.exact_cycle_trace_rank(nodes[i:] + nodes[:i], seed=i) for i in range(len(nodes))}
+    assert len(ranks) == 1
+    base, bs = cur.no_bottleneck_functional_rank()
+    q = min(nodes)
+    value = base.subs({bs["s"]: q, bs["S"]: sum(nodes) - q, bs["L"]: len(nodes)})
+    assert ranks.pop() == value
+
+
+@pytest.mark.parametrize("widths,n", [((6, 2, 8, 4), 12), ((5, 3, 3, 4), 12), ((6, 7, 3, 8, 4), 12),
+                                      ((3, 8, 1, 8, 2), 5), ((6, 2, 7, 4), 3)])
+def test_bottleneck_formula_equals_float64_rank(widths, n):
+    """Bottleneck shapes (some M_i < s): the derived formula equals the float64 rank; the theorem's form does not."""
+    r = min(widths[0], n)
+    row = hr.deep_linear_rank_check(2, widths, n, r)
+    assert row["functional"] == row["functional_pred"]
+    base, bs = cur.no_bottleneck_functional_rank()
+    s_val, hidden = min(r, widths[-1]), widths[1:-1]
+    if min(hidden) < s_val:
+        naive = base.subs({bs["s"]: s_val, bs["S"]: sum(hidden), bs["L"]: len(widths) - 1})
+        assert naive != row["functional"]
+
+
+def test_block_diagonal_operator_push_through_and_limits(x64):
+    """Damped block-diagonal NGD: A = sum_b Theta_b (Theta_b + rho N)^-1; rho -> 0: I or the projection on col(J_b)."""
+    operator, push, limits, s = cur.block_diagonal_operator(num_examples=2, block_sizes=(3, 1))
+    assert (operator - push).applyfunc(sp.cancel) == sp.zeros(2, 2)
+    assert limits[0] == sp.eye(2)                                  # p_1 = 3 >= N: the identity
+    j2 = s["blocks"][1]
+    proj = (j2 * (j2.T * j2).inv() * j2.T).applyfunc(sp.cancel)   # p_2 = 1 < N: a rank-one projection
+    assert (limits[1] - proj).applyfunc(sp.cancel) == sp.zeros(2, 2)
+    assert limits[1].rank() == 1
+    # numerics: the library's block-diagonal operator of a small net is the push-through form
+    model = MLPSpec((3, 4, 1), "relu", "ntk", use_bias=False)
+    params, x, rho = model.init(0), jax.random.normal(jax.random.key(1), (5, 3)), 0.05
+    a = np.asarray(ng.function_space_operator("block_diag", model, params, x, rho))
+    grams = [np.asarray(g) for g in block_grams(output_jacobian(model, params, x))]
+    expected = sum(g @ np.linalg.inv(g + rho * 5 * np.eye(5)) for g in grams)
+    np.testing.assert_allclose(a, expected, atol=1e-10)
+
+
+def test_kfac_layer_operator_is_the_hadamard_product_of_projections(x64):
+    term, hadamard, s = cur.kfac_layer_operator(num_examples=3, n_in=2, n_out=2)
+    assert (term - hadamard).applyfunc(sp.cancel) == sp.zeros(3, 3)
+    assert not sp.simplify(term[0, 1]) == 0                        # generic: not diagonal, not isotropic
+    # the last layer of a one-output net: deltas all one (rank-one delta Gram), yet the term is P_a = I
+    last, last_h, ls = cur.kfac_layer_operator(num_examples=2, n_in=2, n_out=1, constant_delta=True)
+    assert last.applyfunc(sp.cancel) == sp.eye(2)
+    assert ls["P_delta"].rank() == 1
+    with pytest.raises(ValueError, match="constant_delta"):
+        cur.kfac_layer_operator(2, 2, 2, constant_delta=True)
+    with pytest.raises(ValueError, match="num_examples"):
+        cur.kfac_layer_operator(2, 3, 1)
+    # numerics: the library's K-FAC layer terms are N (P_a o P_delta) of the net's layer features
+    model = MLPSpec((3, 8, 8, 1), "relu", "ntk", use_bias=False)
+    params, x = model.init(0), jax.random.normal(jax.random.key(1), (5, 3))
+    terms = ng.kfac_layer_terms(model, params, x, 1e-12)
+    acts, deltas = mlp_layer_features(model, params, x)
+    proj = lambda z: z @ np.linalg.pinv(z)  # noqa: E731
+    for t, a_l, d_l in zip(terms, acts, deltas):
+        pa, pd = proj(np.asarray(a_l)), proj(np.asarray(d_l[:, :, 0]))
+        np.testing.assert_allclose(np.asarray(t), 5 * pa * pd, atol=1e-6)
+
+
+def test_relu_fisher_moments_match_the_float_code_and_the_analytic_ntk(x64):
+    """kappa_1, kappa_2 (and their overlap slope) against fisher's float recursion and kernels.analytic.ntk_fc."""
+    exact = cur.relu_fisher_moments(3, input_ratio=1)
+    slope = cur.relu_kappa2_slope(3, input_ratio=1)
+    num = fisher.relu_fisher_moments(3, 1.0)
+    for k in ("kappa1", "kappa2", "kappa1_ntk", "kappa2_ntk"):
+        np.testing.assert_allclose(float(exact[k]), num[k], rtol=1e-12)
+    for k in ("kappa2_slope", "kappa2_slope_ntk"):
+        np.testing.assert_allclose(float(slope[k]), num[k], rtol=1e-8)
+    assert exact["kappa1"] == 3 and exact["kappa1_ntk"] == 6      # sigma_w^2 = 2: q^l_1 = 1, qh^l_1 = 1
+    # the analytic NTK (NTK parameterization) of two unit-norm-per-coordinate inputs with overlap rho
+    d = 64
+    e = np.eye(d)
+    for rho in (0.0, 0.1, -0.2):
+        x = np.stack([e[0] * np.sqrt(d), (rho * e[0] + np.sqrt(1 - rho**2) * e[1]) * np.sqrt(d)])
+        theta = np.asarray(ntk_fc(jnp.asarray(x), depth=3, sigma_w=np.sqrt(2.0)))
+        mom = cur.relu_fisher_moments(3, 1, 2, input_correlation=sp.nsimplify(rho))
+        np.testing.assert_allclose(theta[0, 0], float(mom["kappa1_ntk"]), rtol=1e-10)
+        np.testing.assert_allclose(theta[0, 1], float(mom["kappa2_ntk"]), rtol=1e-10)
+    with pytest.raises(ValueError, match="depth"):
+        cur.relu_fisher_moments(1)
+
+
+def test_fisher_value_predictions_and_centred_edge():
+    """lambda_max, bulk, outlier/bulk ratio (the same in both parameterizations) and the centred top of the bulk."""
+    out, s = cur.fisher_value_predictions()
+    assert s["c"] not in out["outlier_over_bulk"].free_symbols
+    gram, centered, gs = cur.mean_field_gram(6)
+    vals = {gs["M"]: 40, gs["kappa1"]: 3.0, gs["kappa2"]: 0.7}
+    eig = np.linalg.eigvalsh(np.array(gram.subs(vals), dtype=float))
+    sub = {s["c"]: 40, s["N"]: 6, s["kappa1"]: 3.0, s["kappa2"]: 0.7}
+    np.testing.assert_allclose(eig[-1], float(out["lam_max"].subs(sub)), rtol=1e-12)
+    np.testing.assert_allclose(eig[:-1], float(out["bulk"].subs(sub)), rtol=1e-12)
+    mom = fisher.relu_fisher_moments(3, 1.0)
+    pred = fisher.fisher_predictions(mom, 40, 6, "standard")
+    np.testing.assert_allclose(pred["lam_max"], float(out["lam_max"].subs({**sub, s["kappa2"]: mom["kappa2"]})), rtol=1e-12)
+    # the centred edge: a linearized kernel on Gaussian inputs, (c/N)[(k1-k2-k2') I + k2 11^T + k2' X X^T/d]
+    edge, es = cur.centred_lambda_max()
+    n, d = 300, 1200
+    x = np.random.default_rng(0).normal(size=(n, d))
+    k1, k2, k2p = mom["kappa1_ntk"], mom["kappa2_ntk"], mom["kappa2_slope_ntk"]
+    g = ((k1 - k2 - k2p) * np.eye(n) + k2 + k2p * x @ x.T / d) / n
+    c_mat = np.eye(n) - 1.0 / n
+    top = np.linalg.eigvalsh(c_mat @ g @ c_mat)[-1]
+    predicted = float(edge.subs({es["c"]: 1, es["N"]: n, es["d"]: d, es["kappa1"]: k1, es["kappa2"]: k2,
+                                 es["kappa2_slope"]: k2p}))
+    np.testing.assert_allclose(top, predicted, rtol=0.02)           # Tracy-Widom: ~ N^(-2/3) relative
+    np.testing.assert_allclose(fisher.fisher_predictions(mom, 1, n, "ntk", input_dim=d)["centered"], predicted,
+                               rtol=1e-12)
+    assert top > 1.3 * float(out["bulk"].subs({s["c"]: 1, s["N"]: n, s["kappa1"]: k1, s["kappa2"]: k2}))

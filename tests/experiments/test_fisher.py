@@ -120,3 +120,34 @@ def test_bad_arguments(setup):
         fisher.fisher_width_sweep(jax.random.key(0), [8], "none", depth=1)
     with pytest.raises(ValueError, match="expected"):
         fisher.normalized_mlp(NET, "none")(params, x[:, :3])
+
+
+def test_width_stats_bulk_centring_and_parameterizations():
+    """bulk = (tr G - lambda_max)/(N - 1); with d = M the NTK-parameterized Gram is the standard one times 2/M."""
+    widths = [8, 16]
+    std = fisher.fisher_width_stats(jax.random.key(0), widths, "none", num_seeds=2, num_examples=5)
+    ntk = fisher.fisher_width_stats(jax.random.key(0), widths, "none", num_seeds=2, num_examples=5,
+                                    parameterization="ntk")
+    assert std["lam_max"].shape == (2, 2) and list(std["num_examples"]) == [5, 5]
+    np.testing.assert_allclose(std["bulk"], (std["trace"] - std["lam_max"]) / 4, rtol=1e-6)
+    for k in ("lam_max", "bulk", "lam_max_centered"):
+        np.testing.assert_allclose(ntk[k] * np.array(widths)[:, None] / 2, std[k], rtol=1e-4)
+    assert np.all(std["lam_max_centered"] < std["lam_max"])
+    centred = fisher.fisher_width_stats(jax.random.key(0), widths, "center_last", num_seeds=2, num_examples=5)
+    np.testing.assert_allclose(centred["lam_max"], std["lam_max_centered"], rtol=1e-4)
+    with pytest.raises(ValueError, match="num_examples"):
+        fisher.fisher_width_stats(jax.random.key(0), widths, "none", num_examples=1)
+
+
+def test_fisher_predictions():
+    mom = fisher.relu_fisher_moments(3, 1.0)
+    pred = fisher.fisher_predictions(mom, np.array([64.0]), 16, "standard")
+    np.testing.assert_allclose(pred["lam_max"], 64 * (3 + 15 * mom["kappa2"]) / 16)
+    np.testing.assert_allclose(pred["centered"], pred["bulk"])                    # d -> oo
+    ntk = fisher.fisher_predictions(mom, np.array([64.0]), 16, "ntk", input_dim=64)
+    assert ntk["centered"] > ntk["bulk"]
+    np.testing.assert_allclose(ntk["lam_max"] / ntk["bulk"], pred["lam_max"] / pred["bulk"])  # same outlier/bulk
+    with pytest.raises(ValueError, match="parameterization"):
+        fisher.fisher_predictions(mom, 8, 4, "mean_field")
+    with pytest.raises(ValueError, match="depth"):
+        fisher.relu_fisher_moments(1)

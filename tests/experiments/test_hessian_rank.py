@@ -63,21 +63,57 @@ GRID = [(w, n) for w in [(6, 2, 4), (6, 5, 4), (6, 9, 4), (6, 5, 5, 4), (6, 2, 7
 
 @pytest.mark.parametrize("widths,n", GRID)
 def test_rank_formula_matches_numerical_rank(widths, n):
-    """Exact agreement of the three formulas with float64 ranks (bottlenecks included for H_o, H)."""
+    """Exact agreement of the three formulas with float64 ranks, bottlenecks included."""
     row = hr.deep_linear_rank_check(0, widths, n, min(widths[0], n))
-    assert row["outer"] == row["outer_pred"]
-    assert row["full"] == row["full_pred"]
-    if row["functional_pred"] is not None:
-        assert row["functional"] == row["functional_pred"]
+    assert (row["outer"], row["functional"], row["full"]) == (row["outer_pred"], row["functional_pred"], row["full_pred"])
+    assert row["match"]
 
 
-def test_functional_formula_domain():
-    """Below the bottleneck condition the functional formula is not claimed (and indeed fails here)."""
+def test_functional_formula_covers_bottlenecks():
+    """(5, 3, 3, 4), r = 5: s = 4 > M_i = 3. The general formula holds; the theorem's form (M_i >= s) does not."""
     pred = hr.deep_linear_rank_formula((5, 3, 3, 4), 5)
-    assert pred.functional is None
     row = hr.deep_linear_rank_check(0, (5, 3, 3, 4), 12, 5)
-    naive = 2 * 4 * 6 - 1 * 4 * 4  # the formula used outside its domain
+    assert row["functional"] == pred.functional == 2 * 3 * 6 + 2 * 3 * 4 - 3 * 9
+    naive = 2 * 4 * 6 - 1 * 4 * 4
     assert row["functional"] != naive
+    # no bottleneck (M_i >= s): the general formula reduces to 2 s S - (L - 2) s^2
+    assert hr.deep_linear_rank_formula((6, 5, 7, 4), 6).functional == 2 * 4 * 12 - 1 * 16
+    assert hr.functional_cycle_widths((5, 3, 3, 4), 5) == (3, 3, 4)
+    assert hr.functional_cycle_widths((6, 7, 2, 8, 4), 6) == (2, 8, 4, 7)
+
+
+def test_modular_rank_is_exact():
+    rng = np.random.default_rng(0)
+    for rank in (0, 1, 3, 5):
+        a = rng.integers(-9, 10, (7, rank)) @ rng.integers(-9, 10, (rank, 6)) if rank else np.zeros((7, 6))
+        assert hr.modular_rank(a) == rank == np.linalg.matrix_rank(a)
+    # a rank drop at 1e-17 relative size that a float threshold cannot see is seen exactly
+    big = np.array([[2**26, 1], [2**26 + 1, 1]], dtype=np.float64)
+    assert hr.modular_rank(big) == 2
+    assert hr.modular_rank(np.array([[3, 6], [1, 2]])) == 1
+    assert hr.modular_rank(np.array([[7, 0], [0, 7]]), prime=7) == 0   # p divides every minor: why two primes
+    with pytest.raises(ValueError, match="matrix"):
+        hr.modular_rank(np.ones(3))
+    with pytest.raises(ValueError, match="integers"):
+        hr.modular_rank(np.array([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match="prime"):
+        hr.modular_rank(np.eye(2), prime=2**31)
+
+
+def test_relu_integer_ranks(x64):
+    """Exact ranks at an integer point: one hidden layer gives rank H_f = 2 M s; the float64 rank agrees (clean gap)."""
+    for m in (3, 6):
+        ranks = hr.relu_integer_hessian_ranks(0, (3, m, 2), 8)
+        assert ranks.functional == hr.relu_functional_rank_one_hidden((3, m, 2), 3)
+        assert ranks.outer >= 2 * min(8, m)
+        assert ranks.num_params == 3 * m + 2 * m
+    weights, x, y = hr.relu_integer_problem(1, (3, 5, 4, 2), 6)
+    assert all(np.array_equal(w, np.round(w)) for w in weights)
+    exact = hr.relu_integer_hessian_ranks(1, (3, 5, 4, 2), 6)
+    parts = hr.hessian_parts(hr._relu_apply, [jnp.asarray(w) for w in weights], jnp.asarray(x), jnp.asarray(y))
+    assert (exact.outer, exact.full) == (hr.numerical_rank(parts.outer), hr.numerical_rank(parts.full))
+    with pytest.raises(ValueError, match="widths"):
+        hr.relu_integer_problem(0, (3,), 4)
 
 
 def test_rank_is_far_below_param_count_for_wide_deep_nets():

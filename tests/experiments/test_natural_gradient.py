@@ -120,3 +120,55 @@ def test_training_is_the_plain_preconditioned_step(method):
     np.testing.assert_allclose(res.residuals, np.stack(residuals), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.losses, [0.5 * float(jnp.sum(r**2)) / 8 for r in residuals], rtol=1e-5)
     assert res.step_norms.shape == (steps,) and bool(jnp.all(res.step_norms > 0))
+
+
+def test_kfac_layer_terms_and_the_exactness_condition(x64):
+    """Layer l contributes N (P_a o P_delta). Hidden widths >= N: the last layer (rank-one delta Gram) gives I."""
+    n = 6
+    model, _, params, x, _ = _setup((3, 24, 24, 1), n)
+    terms = ng.kfac_layer_terms(model, params, x, 1e-12)
+    assert len(terms) == 3
+    np.testing.assert_allclose(sum(np.asarray(t) for t in terms), np.asarray(ng.kfac_operator(model, params, x, 1e-12)),
+                               atol=1e-8)
+    np.testing.assert_allclose(np.asarray(terms[2]), np.eye(n), atol=1e-6)       # last layer: P_a = I
+    np.testing.assert_allclose(np.asarray(terms[1]), n * np.eye(n), atol=1e-5)   # hidden: both projections I
+    lev = np.diag(np.asarray(x @ jnp.linalg.solve(x.T @ x, x.T)))
+    np.testing.assert_allclose(np.asarray(terms[0]), n * np.diag(lev), atol=1e-5)  # first: N diag(h)
+    # inputs of layer 1 narrower than N (4 units): P_delta = I, so the term is N diag(leverages of a_1), unequal
+    model, _, params, x, _ = _setup((8, 4, 24, 1), n)
+    t = np.asarray(ng.kfac_layer_terms(model, params, x, 1e-12)[1])
+    assert np.abs(t - np.diag(np.diag(t))).max() < 1e-6
+    assert np.ptp(np.diag(t)) > 0.5
+    np.testing.assert_allclose(np.trace(t), n * 4, rtol=1e-6)                     # leverages sum to rank(a_1) = 4
+
+
+def test_equal_leverage_inputs_make_kfac_isotropic_with_d_below_n(x64):
+    """d < N with equal leverages: the first layer's input Gram is singular, yet K-FAC is exactly isotropic."""
+    n, d = 8, 3   # (1, cos, sin): distinct inputs off the origin's circle, so the hidden features have rank N
+    x = ng.equal_leverage_inputs(n, d)
+    proj = np.asarray(x @ jnp.linalg.solve(x.T @ x, x.T))
+    np.testing.assert_allclose(np.diag(proj), d / n, atol=1e-12)
+    model = MLPSpec((d, 32, 32, 1), "relu", "ntk", use_bias=False)
+    a = np.asarray(ng.kfac_operator(model, model.init(0), x, 1e-12))
+    np.testing.assert_allclose(a, (1 + n + d) * np.eye(n), atol=1e-5)
+    xg = jax.random.normal(jax.random.key(3), (n, d))                          # generic inputs: not isotropic
+    ev = np.linalg.eigvalsh(np.asarray(ng.kfac_operator(model, model.init(0), xg, 1e-12)))
+    assert ev[-1] / ev[0] > 1.05
+    np.testing.assert_allclose(np.diag(np.asarray(x @ x.T)) / n, d / n, atol=1e-12)
+    assert len({tuple(np.round(r, 9)) for r in np.asarray(x)}) == n                 # distinct inputs
+    x5 = ng.equal_leverage_inputs(n, 5)
+    np.testing.assert_allclose(np.asarray(x5.T @ x5), n * np.eye(5), atol=1e-10)
+    with pytest.raises(ValueError, match="num_examples"):
+        ng.equal_leverage_inputs(1, 1)
+    with pytest.raises(ValueError, match="input_dim"):
+        ng.equal_leverage_inputs(8, 8)
+
+
+def test_ngd_deviation_sweep_small(x64):
+    out = ng.ngd_deviation_sweep(jax.random.key(0), [16, 32], num_examples=4, input_dim=4, num_seeds=2, num_steps=3)
+    assert out["deviation"]["kfac"].shape == (2, 2) and out["linearization"]["ngd"].shape == (2, 2)
+    assert np.all(out["deviation"]["block_diag"] >= 0) and np.all(np.isfinite(out["deviation"]["kfac"]))
+    np.testing.assert_allclose(out["spread"]["block_diag"], 1.0, atol=1e-4)      # isotropic at init: widths >= N
+    np.testing.assert_allclose(out["spread"]["kfac"], 1.0, atol=1e-4)            # d >= N
+    with pytest.raises(ValueError, match="methods"):
+        ng.ngd_deviation_sweep(jax.random.key(0), [16], 4, 4, 1, methods=("ngd",))

@@ -93,15 +93,60 @@ def rank_formulas():
 
     Symbols: r (rank of the inputs), K (outputs), q = min(r, M_1..M_{L-1}, K), s = min(r, K),
     S = M_1 + ... + M_{L-1}, L (number of weight matrices). Returns (dict(outer, functional, full),
-    symbols dict). The functional formula assumes min_i M_i >= s (then q = s).
+    symbols dict). The functional formula is the general one (bottlenecks included) of the authors'
+    released code; ``functional_rank_by_rotation`` derives it from the no-bottleneck case.
     """
     r, k, q, s, total, depth = sp.symbols("r K q s S L", positive=True, integer=True)
     exprs = dict(
         outer=q * (r + k - q),
-        functional=2 * s * total - (depth - 2) * s**2,
+        functional=2 * q * total + 2 * q * s - depth * q**2,
         full=2 * q * total + q * (r + k) - depth * q**2,
     )
     return exprs, dict(r=r, K=k, q=q, s=s, S=total, L=depth)
+
+
+def no_bottleneck_functional_rank():
+    """rank H_f = 2 s S - (L - 2) s^2 of the paper's theorem (every hidden width >= s), and its symbols."""
+    s, total, depth = sp.symbols("s S L", positive=True, integer=True)
+    return 2 * s * total - (depth - 2) * s**2, dict(s=s, S=total, L=depth)
+
+
+def functional_rank_by_rotation():
+    """Derive rank H_f for any widths from the no-bottleneck theorem; returns (derived, general formula, symbols).
+
+    Step 1 (basis change). H_f is the Hessian of g = tr(Omega^T W_1 ... W_L) with Omega = X^T E / N
+    of rank s = min(r, K). Invertible U, V with Omega = U^{-T} diag(I_s, 0) V^{-1} give, after the
+    linear reparameterization W_1 -> U^{-1} W_1, W_L -> W_L V^{-T}, g = tr(W_1[:s] W_2 ... W_L[:, :s]):
+    the other rows of W_1 and columns of W_L give zero rows of H_f. So rank H_f is the rank of the
+    Hessian of the trace of a cyclic product with node widths (s, M_1, ..., M_{L-1}) (L nodes, sum
+    s + S). Step 2 (rotation). tr(A_1 ... A_L) = tr(A_k ... A_L A_1 ... A_{k-1}): starting the
+    cycle at a narrowest node (width q = min(s, M_i)) gives a deep linear net of input and output
+    width q with Omega = I_q (rank q) and hidden widths the other L - 1 nodes, all >= q: the
+    theorem applies with s -> q and S -> s + S - q. ``exact_cycle_trace_rank`` checks both steps in
+    exact arithmetic; the tests check the result against float64 ranks on bottleneck shapes.
+    """
+    base, sym = no_bottleneck_functional_rank()
+    exprs, fsym = rank_formulas()
+    q, s, total, depth = fsym["q"], fsym["s"], fsym["S"], fsym["L"]
+    derived = base.subs({sym["s"]: q, sym["S"]: s + total - q, sym["L"]: depth}, simultaneous=True)
+    return sp.expand(derived), exprs["functional"], fsym
+
+
+def exact_cycle_trace_rank(node_widths, seed: int = 0) -> int:
+    """Exact rank of the Hessian of tr(W_1 W_2 ... W_L), W_l (n_{l-1}, n_l), n_L = n_0, at integer weights.
+
+    node_widths = (n_0, ..., n_{L-1}), the cycle's node widths; integers from [-20, 20], ranks by
+    exact elimination. Rotating node_widths must not change the rank (the trace is cyclic).
+    """
+    rng = random.Random(seed)
+    n = list(node_widths) + [node_widths[0]]
+    mats = [sp.Matrix(a, b, lambda i, j, l=l: sp.Symbol(f"c{l}_{i}_{j}")) for l, (a, b) in enumerate(zip(n[:-1], n[1:]))]
+    params = list(itertools.chain.from_iterable(list(m) for m in mats))
+    prod = mats[0]
+    for m in mats[1:]:
+        prod = prod * m
+    point = {p: rng.randint(-20, 20) for p in params}
+    return sp.hessian(prod.trace(), params).subs(point).rank()
 
 
 def rank_ratio_equal_widths():
@@ -156,6 +201,99 @@ def fisher_eigen_formulas():
     return out, dict(M=m, N=n, kappa1=k1, kappa2=k2, alpha=alpha)
 
 
+def _relu_moments(v, c):
+    """(E[relu(u)^2], E[relu(u) relu(u')], E[step(u) step(u')]) for (u, u') centred Gaussian, variances v, covariance c."""
+    rho = c / v
+    theta = sp.acos(rho)
+    return v / 2, v / (2 * sp.pi) * (sp.sqrt(1 - rho**2) + (sp.pi - theta) * rho), (sp.pi - theta) / (2 * sp.pi)
+
+
+def relu_fisher_moments(depth: int = 3, input_ratio=1, sigma_w2=2, input_correlation=0):
+    """Karakida's order parameters kappa_1, kappa_2 of a bias-free ReLU net, in closed form.
+
+    Network (d, M, ..., M, 1) with ``depth`` weight layers, d = input_ratio * M, standard
+    parameterization w_l ~ N(0, sigma_w2 / n_{l-1}), inputs with x.x/d = 1 and overlap
+    x.x'/d = ``input_correlation`` (0: independent inputs x ~ N(0, I_d) as d -> oo; may be a SymPy
+    symbol). Forward order parameters q^l_1 = E[a_l^2], q^l_2 = E[a_l(x) a_l(x')] per unit
+    (q^0 = (1, input_correlation)); backward ones qh^l_1, qh^l_2 = delta_l . delta_l
+    summed over units (qh^L = 1):
+
+        q^l   = relu moments of the pre-activation with variance sigma_w2 q^{l-1}_1, covariance sigma_w2 q^{l-1}_2
+        qh^l  = sigma_w2 qh^{l+1} E[step(u) step(u')]      (E[step^2] = 1/2),
+
+    and the NTK Gram Theta(x, x') = sum_l (a_{l-1}.a_{l-1}')(delta_l.delta_l') = M kappa, with
+    kappa_{1,2} = sum_l (n_{l-1} / M) q^{l-1}_{1,2} qh^l_{1,2} (diagonal, off-diagonal). In the NTK
+    parameterization every layer's gradient carries sigma_w2 / n_{l-1}: Theta_ntk = kappa^ntk with
+    kappa^ntk = sigma_w2 sum_l q^{l-1} qh^l (no factor M). Returns dict(kappa1, kappa2, kappa1_ntk,
+    kappa2_ntk, per_layer=[(term1, term2) of kappa per layer]) of exact SymPy numbers.
+    """
+    depth = int(depth)
+    if depth < 2:
+        raise ValueError(f"depth={depth} must be >= 2")
+    sigma_w2, ratio = sp.nsimplify(sigma_w2), sp.nsimplify(input_ratio)
+    q = [(sp.Integer(1), sp.sympify(input_correlation))]
+    steps = []
+    for _ in range(depth - 1):
+        q1, q2, step = _relu_moments(sigma_w2 * q[-1][0], sigma_w2 * q[-1][1])
+        q.append((sp.simplify(q1), sp.simplify(q2)))
+        steps.append((sp.Rational(1, 2), step))
+    qh = [(sp.Integer(1), sp.Integer(1))]                 # layer L
+    for step in reversed(steps):                          # layers L-1, ..., 1
+        qh.insert(0, (sigma_w2 * qh[0][0] * step[0], sigma_w2 * qh[0][1] * step[1]))
+    fan = [ratio] + [sp.Integer(1)] * (depth - 1)
+    per_layer = [(fan[l] * q[l][0] * qh[l][0], fan[l] * q[l][1] * qh[l][1]) for l in range(depth)]
+    k1, k2 = (sp.nsimplify(sum(t[i] for t in per_layer)) for i in (0, 1))
+    ntk = [sigma_w2 * sum(q[l][i] * qh[l][i] for l in range(depth)) for i in (0, 1)]
+    return dict(kappa1=sp.simplify(k1), kappa2=sp.simplify(k2), kappa1_ntk=sp.simplify(ntk[0]),
+                kappa2_ntk=sp.simplify(ntk[1]), per_layer=per_layer)
+
+
+def relu_kappa2_slope(depth: int = 3, input_ratio=1, sigma_w2=2):
+    """d kappa_2 / d rho at rho = 0 (rho = x.x'/d, the input overlap) in both parameterizations, exact.
+
+    Near rho = 0, Theta(x, x') = c (kappa_2 + kappa_2' rho + O(rho^2)) (c = M standard, 1 NTK). For
+    inputs x ~ N(0, I_d) with gamma = N / d the matrix of overlaps x_n.x_m/d has the Marchenko-Pastur
+    top eigenvalue (1 + sqrt(gamma))^2, so after centring (which removes kappa_2 1 1^T)
+
+        lambda_max(C G C) ~ c [kappa_1 - kappa_2 + kappa_2' (2 sqrt(gamma) + gamma)] / N,
+
+    above the bulk mean c (kappa_1 - kappa_2) / N by the spread of the bulk that the input overlaps
+    cause (``centred_lambda_max``). Returns dict(kappa2_slope, kappa2_slope_ntk).
+    """
+    rho = sp.Symbol("rho", real=True)
+    mom = relu_fisher_moments(depth, input_ratio, sigma_w2, input_correlation=rho)
+    return {name: sp.nsimplify(sp.simplify(sp.diff(mom[key], rho).subs(rho, 0)))
+            for name, key in (("kappa2_slope", "kappa2"), ("kappa2_slope_ntk", "kappa2_ntk"))}
+
+
+def centred_lambda_max():
+    """The centred lambda_max of G with the input-overlap spread, as a SymPy expression, and its symbols.
+
+    c [kappa_1 - kappa_2 + kappa_2' (2 sqrt(gamma) + gamma)] / N with gamma = N / d (see
+    ``relu_kappa2_slope``); it tends to the bulk mean c (kappa_1 - kappa_2) / N as N / d -> 0.
+    """
+    c, n, d, k1, k2, k2p = sp.symbols("c N d kappa_1 kappa_2 kappa_2'", positive=True)
+    gamma = n / d
+    return c * (k1 - k2 + k2p * (2 * sp.sqrt(gamma) + gamma)) / n, dict(c=c, N=n, d=d, kappa1=k1, kappa2=k2,
+                                                                        kappa2_slope=k2p)
+
+
+def fisher_value_predictions():
+    """lambda_max, the bulk mean and the centred lambda_max of F in both parameterizations, as SymPy expressions.
+
+    From G = (c / N) [(kappa1 - kappa2) I + kappa2 1 1^T] with c = M (standard) or c = 1 and
+    kappa -> kappa^ntk (NTK parameterization): lambda_max = c (kappa1 + (N - 1) kappa2) / N, the other
+    N - 1 eigenvalues c (kappa1 - kappa2) / N (the bulk; their mean is (tr G - lambda_max)/(N - 1)),
+    and after centring the output (mean subtraction) lambda_max = c (kappa1 - kappa2) / N. The
+    outlier/bulk ratio (kappa1 + (N - 1) kappa2) / (kappa1 - kappa2) does not depend on c: it is the
+    same in both parameterizations. Returns (dict, symbols).
+    """
+    c, n, k1, k2 = sp.symbols("c N kappa_1 kappa_2", positive=True)
+    out = dict(lam_max=c * (k1 + (n - 1) * k2) / n, bulk=c * (k1 - k2) / n, centered=c * (k1 - k2) / n)
+    out["outlier_over_bulk"] = sp.simplify(out["lam_max"] / out["bulk"])
+    return out, dict(c=c, N=n, kappa1=k1, kappa2=k2)
+
+
 def loglog_slope(expr, variable):
     """d log(expr) / d log(variable), simplified."""
     return sp.simplify(sp.diff(sp.log(expr), variable) * variable)
@@ -177,30 +315,60 @@ def mode_factors():
     return gd, ngd, sp.limit(ngd, rho, 0), dict(eta=eta, lam=lam, N=n, rho=rho)
 
 
-def block_diagonal_operator(num_blocks: int = 2, size: int = 2):
-    """sum_b Theta_b Theta_b^{-1} for generic symbolic invertible (size x size) Grams: equals B * I.
+def _symbolic(name, rows, cols):
+    return sp.Matrix(rows, cols, lambda i, j: sp.Symbol(f"{name}_{i + 1}{j + 1}", real=True))
 
-    The function-space operator of undamped block-diagonal NGD (one block per layer) is the
-    sum of the projections J_b^T (J_b J_b^T)^{-1} J_b pushed to function space, i.e.
-    Theta_b Theta_b^{-1} = I for each block whose Gram Theta_b is invertible. Returns the sum.
+
+def block_diagonal_operator(num_examples: int = 2, block_sizes=(3, 1)):
+    """Function-space operator of damped block-diagonal NGD from generic Jacobian blocks, and its rho -> 0 limit.
+
+    J = [J_1 | ... | J_B] (N, P) with symbolic blocks J_b (N, p_b); the preconditioner is
+    blockdiag_b(J_b^T J_b / N + rho I) and A = J F_bd^{-1} J^T / N, computed in parameter space
+    (p_b x p_b inverses). Derived: A = sum_b Theta_b (Theta_b + rho N I)^{-1} with Theta_b = J_b J_b^T
+    (push-through), and as rho -> 0 each block tends to the projection on the column space of J_b:
+    I when p_b >= N (Theta_b invertible), the rank-p_b projection J_b (J_b^T J_b)^{-1} J_b^T otherwise.
+    Returns (A(rho), push-through form, the rho -> 0 limit of each block's term, symbols); the tests
+    compare the limits with I and with the projection, and A with ``natural_gradient``'s operator.
     """
-    total = sp.zeros(size, size)
-    for b in range(num_blocks):
-        theta = sp.Matrix(size, size, lambda i, j, b=b: sp.Symbol(f"t{b}_{min(i, j)}{max(i, j)}"))
-        total += theta * theta.inv()
-    return sp.simplify(total)
+    n, rho = num_examples, sp.Symbol("rho", positive=True)
+    blocks = [_symbolic(f"J{b + 1}", n, p) for b, p in enumerate(block_sizes)]
+    operator = sp.zeros(n, n)
+    push = sp.zeros(n, n)
+    limits = []
+    for jb in blocks:
+        precond = jb.T * jb / n + rho * sp.eye(jb.shape[1])
+        operator += jb * precond.inv() * jb.T / n
+        theta = jb * jb.T
+        block = (theta * (theta + rho * n * sp.eye(n)).inv()).applyfunc(sp.cancel)
+        push += block
+        limits.append(block.applyfunc(lambda e: sp.cancel(sp.limit(e, rho, 0))))
+    return operator, push, limits, dict(rho=rho, blocks=blocks, N=n)
 
 
-def kfac_first_layer_operator(num_examples: int = 3, input_dim: int = 2):
-    """N (P_X o I): K-FAC's first-layer term when the deltas span R^N but the inputs do not (d < N).
+def kfac_layer_operator(num_examples: int = 2, n_in: int = 2, n_out: int = 2, constant_delta: bool = False):
+    """K-FAC's function-space term for one layer from its Kronecker factors, derived as N (P_a o P_delta).
 
-    With P_X = X (X^T X)^{-1} X^T the projection on the d-dimensional span of the inputs and a
-    full-rank delta Gram (P_delta = I), the entrywise product keeps the diagonal: the term is
-    N diag(h) with leverage scores h_n = P_X[n, n], which sum to d. Not a multiple of I unless
-    all h_n are equal: K-FAC is isotropic iff every layer's input Gram is invertible (d >= N).
-    Returns (operator, leverage trace) for a symbolic X (N, d).
+    One output (K = 1). Symbolic layer inputs a (N, n_in) and deltas delta (N, n_out) (delta_n =
+    d f(x_n) / d h_n; ``constant_delta``: every delta_n = 1, the last layer of a K = 1 network,
+    which needs n_out = 1). The Jacobian row of example n is a_n (x) delta_n (row-major w), the K-FAC
+    block A_bar (x) G_bar with A_bar = a^T a / N, G_bar = delta^T delta / N (both invertible here:
+    n_in, n_out <= N), and the term J (A_bar (x) G_bar)^{-1} J^T / N. By the mixed-product rule its
+    entry (n, m) is N [a_n^T (a^T a)^{-1} a_m] [delta_n^T (delta^T delta)^{-1} delta_m], i.e.
+    N (P_a o P_delta) with P the projections on the column spaces of a and delta (o: entrywise).
+    Returns (term, N (P_a o P_delta), dict(P_a, P_delta, a, delta)).
     """
-    x = sp.Matrix(num_examples, input_dim, lambda i, j: sp.Symbol(f"x_{i + 1}{j + 1}"))
-    proj = x * (x.T * x).inv() * x.T
-    operator = num_examples * sp.diag(*[proj[i, i] for i in range(num_examples)])
-    return operator, sp.simplify(proj.trace())
+    n = num_examples
+    if constant_delta and n_out != 1:
+        raise ValueError(f"constant_delta needs n_out = 1 (the last layer of a one-output net), got n_out={n_out}")
+    if max(n_in, n_out) > n:
+        raise ValueError(f"n_in={n_in} and n_out={n_out} must be <= num_examples={n} (invertible factors)")
+    a = _symbolic("a", n, n_in)
+    delta = sp.ones(n, 1) if constant_delta else _symbolic("delta", n, n_out)
+    jac = sp.Matrix([list(sp.kronecker_product(a[i, :], delta[i, :])) for i in range(n)])
+    a_bar, g_bar = a.T * a / n, delta.T * delta / n
+    factor_inv = sp.kronecker_product(a_bar.inv(), g_bar.inv())
+    term = (jac * factor_inv * jac.T / n).applyfunc(sp.cancel)
+    p_a = a * (a.T * a).inv() * a.T
+    p_d = delta * (delta.T * delta).inv() * delta.T
+    hadamard = (n * p_a.multiply_elementwise(p_d)).applyfunc(sp.cancel)
+    return term, hadamard, dict(P_a=p_a, P_delta=p_d, a=a, delta=delta)

@@ -15,8 +15,22 @@ convention f(x) = x @ w_1 @ ... @ w_L with w_l of shape (n_{l-1}, n_l), widths
 and s = min(r, K), at generic weights and targets (verified numerically, see the tests):
 
     rank H_o = q (r + K - q)
-    rank H_f = 2 s (M_1 + ... + M_{L-1}) - (L - 2) s^2          if every M_i >= s
+    rank H_f = 2 q (M_1 + ... + M_{L-1}) + 2 q s - L q^2
     rank H   = 2 q (M_1 + ... + M_{L-1}) + q (r + K) - L q^2
+
+The functional formula is the one of the authors' released code (dalab/hessian-rank); when every
+M_i >= s it reads 2 s (M_1 + ... + M_{L-1}) - (L - 2) s^2, the form of the paper's theorem. It
+covers bottlenecks (some M_i < s) because H_f is the Hessian of g = tr(Omega^T W_1 ... W_L): a
+change of basis makes Omega = diag(I_s, 0), so H_f has the rank of the Hessian of the trace of a
+*cyclic* product with node widths (s, M_1, ..., M_{L-1}); the trace is invariant under rotating the
+cycle, so the narrowest node (width q) can be put at the input and output, where the no-bottleneck
+formula applies with s = q: 2 q (s + sum M_i - q) - (L - 2) q^2, the formula above
+(``functional_cycle_widths``; derivation in ``overparam.derivations.hessian_fisher``).
+
+Ranks without a threshold: ``modular_rank`` is the exact rank of an integer matrix over the prime
+field GF(p) (equal to its rank over the rationals unless p divides every non-zero maximal minor, which
+two primes make negligible); ``relu_integer_hessian_ranks`` evaluates a bias-free ReLU network at
+integer weights and inputs, where its Hessian parts are integer matrices computed exactly in float64.
 
 ``deep_linear_rank_formula`` returns these; ``deep_linear_hessian_parts`` builds the three
 matrices in closed form (numpy float64, no autodiff, no compilation) and ``hessian_parts``
@@ -186,10 +200,10 @@ def deep_linear_hessian_parts(weights: Sequence, x, y) -> HessianParts:
 
 @dataclasses.dataclass(frozen=True)
 class RankFormula:
-    """Predicted ranks of a deep linear network; ``functional`` is None where the formula does not apply."""
+    """Predicted ranks of H_o, H_f, H of a deep linear network and its parameter count."""
 
     outer: int
-    functional: int | None
+    functional: int
     full: int
     num_params: int
 
@@ -207,14 +221,13 @@ def deep_linear_rank_formula(widths: Sequence[int], r: int) -> RankFormula:
     """Generic ranks of H_o, H_f, H for a deep linear net (formulas in the module docstring).
 
     widths: (d, M_1, ..., M_{L-1}, K) with L >= 2 weight matrices; r: rank of the inputs
-    (r <= min(d, N)). The functional formula needs every hidden width M_i >= s = min(r, K)
-    (no bottleneck narrower than s); ``functional`` is None otherwise.
+    (r <= min(d, N)). Every formula holds for any widths, bottlenecks included.
     """
     widths, r = _check_formula_args(widths, r)
     hidden, k, num_layers = widths[1:-1], widths[-1], len(widths) - 1
     q, s = min(r, k, *hidden), min(r, k)
     outer = q * (r + k - q)
-    functional = 2 * s * sum(hidden) - (num_layers - 2) * s * s if min(hidden) >= s else None
+    functional = 2 * q * sum(hidden) + 2 * q * s - num_layers * q * q
     full = 2 * q * sum(hidden) + q * (r + k) - num_layers * q * q
     num_params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     return RankFormula(outer, functional, full, num_params)
@@ -240,13 +253,12 @@ def deep_linear_rank_check(seed: int, widths: Sequence[int], num_examples: int, 
     """Measured (float64 numerical rank) vs predicted ranks for one random deep linear problem.
 
     Returns a dict with widths, N, r, depth L, P, measured and predicted ranks of H_o, H_f, H
-    (predicted H_f None outside its domain) and ``match`` (all applicable ranks equal).
+    and ``match`` (all three equal).
     """
     weights, x, y = random_deep_linear_problem(seed, widths, num_examples, r)
     measured = hessian_ranks(deep_linear_hessian_parts(weights, x, y))
     pred = deep_linear_rank_formula(widths, r)
-    match = measured.outer == pred.outer and measured.full == pred.full and (
-        pred.functional is None or measured.functional == pred.functional)
+    match = (measured.outer, measured.functional, measured.full) == (pred.outer, pred.functional, pred.full)
     return dict(widths=tuple(widths), N=num_examples, r=r, L=len(widths) - 1, P=measured.num_params,
                 outer=measured.outer, functional=measured.functional, full=measured.full,
                 outer_pred=pred.outer, functional_pred=pred.functional, full_pred=pred.full, match=bool(match))
@@ -255,9 +267,10 @@ def deep_linear_rank_check(seed: int, widths: Sequence[int], num_examples: int, 
 def relu_functional_rank_one_hidden(widths: Sequence[int], r: int) -> int:
     """2 M s: rank of H_f for a bias-free one-hidden-layer ReLU net (d, M, K), s = min(r, K).
 
-    Row m of the map w_1 -> (H_f block) is w_1[:, m]^T Omega_m with Omega_m = x^T D_m e / N,
-    D_m the diagonal 0/1 mask of unit m: rank <= s per unit, so rank H_f <= 2 M s, the linear
-    value, with equality at generic points.
+    H_f has no diagonal blocks (f is linear in w_1 at a fixed activation pattern, and in w_2); its
+    bilinear form is sum_m dw_1[:, m]^T Omega_m dw_2[m, :]^T with Omega_m = x^T D_m e / N (d, K),
+    D_m the diagonal 0/1 mask of unit m, dw the perturbations: a block of rank <= s per unit, so
+    rank H_f <= 2 M s, the linear value, with equality at generic points.
     """
     widths, r = _check_formula_args(widths, r)
     if len(widths) != 3:
@@ -275,3 +288,127 @@ def mlp_hessian_ranks(key, widths: Sequence[int], x, y, activation="relu", rtol:
     params = apply_fn.init(key)
     params = jax.tree.map(lambda p: p.astype(x.dtype), params)
     return hessian_ranks(hessian_parts(apply_fn, params, x, y), rtol)
+
+
+def functional_cycle_widths(widths: Sequence[int], r: int) -> tuple[int, ...]:
+    """Node widths of the cyclic trace whose Hessian has the rank of H_f, rotated narrowest first.
+
+    H_f of the deep linear net (d, M_1, ..., M_{L-1}, K) with inputs of rank r has the rank of the
+    Hessian of tr(V_1 W_2 ... W_{L-1} V_L) over the cycle of node widths (s, M_1, ..., M_{L-1}),
+    s = min(r, K) (module docstring). Returned rotated so that the first node is a narrowest one
+    (width q): read as a deep linear net with input = output width q and hidden widths the rest,
+    it has no bottleneck, and the no-bottleneck formula gives rank H_f.
+    """
+    widths, r = _check_formula_args(widths, r)
+    nodes = (min(r, widths[-1]),) + widths[1:-1]
+    start = nodes.index(min(nodes))
+    return nodes[start:] + nodes[:start]
+
+
+# ------------------------------------------------------------------ exact ranks, no threshold
+
+MERSENNE_31 = 2**31 - 1   # prime; products of two residues fit in int64
+
+
+def modular_rank(a, prime: int = MERSENNE_31) -> int:
+    """Exact rank of an integer matrix over GF(prime) by Gaussian elimination (numpy int64).
+
+    a: (m, n) integer-valued array (floats must hold integers exactly: |a| < 2^53). The rank over
+    GF(p) is at most the rank over the rationals and equal to it unless p divides every non-zero
+    maximal minor; computing with two primes and getting one answer makes a miss negligible.
+    prime: a prime below 2^31 (so that a product of two residues fits in int64). Cost ~ m n min(m, n).
+    """
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"a has shape {a.shape}; expected a matrix")
+    if not 2 <= int(prime) < 2**31:
+        raise ValueError(f"prime={prime} must be a prime in [2, 2^31)")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)) or np.abs(a).max(initial=0) >= 2**53 or not np.array_equal(a, np.round(a)):
+            raise ValueError("a must hold integers below 2^53 in magnitude (exactly representable)")
+    m = np.mod(a.astype(np.int64), prime)
+    rank, rows, cols = 0, m.shape[0], m.shape[1]
+    for col in range(cols):
+        if rank == rows:
+            break
+        nonzero = np.flatnonzero(m[rank:, col])
+        if nonzero.size == 0:
+            continue
+        pivot = rank + nonzero[0]
+        if pivot != rank:
+            m[[rank, pivot]] = m[[pivot, rank]]
+        inv = pow(int(m[rank, col]), prime - 2, prime)
+        m[rank, col:] = (m[rank, col:] * inv) % prime
+        below = m[rank + 1:, col].copy()
+        hit = np.flatnonzero(below)
+        if hit.size:
+            rows_hit = rank + 1 + hit
+            m[rows_hit, col:] = (m[rows_hit, col:] - (below[hit, None] * m[rank, col:]) % prime) % prime
+        rank += 1
+    return rank
+
+
+def relu_integer_problem(seed: int, widths: Sequence[int], num_examples: int, value_range: int = 40,
+                         max_tries: int = 100):
+    """(weights, x, y) with integer entries in [-value_range, value_range] and no zero pre-activation.
+
+    A bias-free ReLU net f = relu(relu(x w_1) ...) w_L at such a point is, near it, a polynomial in
+    the weights with the activation pattern's 0/1 masks fixed, so its Jacobian and Hessian are
+    integer matrices. Draws are repeated (``max_tries``) until no pre-activation is exactly zero,
+    where ReLU has no derivative. numpy float64 arrays holding integers.
+    """
+    widths = tuple(int(n) for n in widths)
+    if len(widths) < 2 or any(n < 1 for n in widths):
+        raise ValueError(f"widths={widths!r} must be (d, ..., K) with positive entries")
+    rng = np.random.default_rng(seed)
+    for _ in range(max_tries):
+        weights = [rng.integers(-value_range, value_range + 1, (a, b)).astype(np.float64)
+                   for a, b in zip(widths[:-1], widths[1:])]
+        x = rng.integers(-value_range, value_range + 1, (num_examples, widths[0])).astype(np.float64)
+        y = rng.integers(-value_range, value_range + 1, (num_examples, widths[-1])).astype(np.float64)
+        h, ok = x, True
+        for w in weights[:-1]:
+            h = h @ w
+            ok = ok and bool(np.all(h != 0))
+            h = np.maximum(h, 0)
+        if ok:
+            return weights, x, y
+    raise ValueError(f"no draw without a zero pre-activation in {max_tries} tries; raise value_range")
+
+
+def _relu_apply(params, x):
+    h = x
+    for w in params[:-1]:
+        h = jnp.maximum(h @ w, 0)
+    return h @ params[-1]
+
+
+def relu_integer_hessian_ranks(seed: int, widths: Sequence[int], num_examples: int, value_range: int = 40,
+                               primes: Sequence[int] = (MERSENNE_31, 2**31 - 19)) -> HessianRanks:
+    """Exact ranks of H_o, H_f, H (loss scaled by 2N) of a bias-free ReLU net at an integer point.
+
+    Uses ``relu_integer_problem``; J, the Hessian of <e, f> and J^T J are computed by autodiff in
+    float64, where every intermediate is an integer below 2^53 (checked), i.e. exactly; ranks come
+    from ``modular_rank`` with each prime in ``primes``, which must agree (ValueError otherwise). The
+    common factor 1/N of the loss does not change a rank. No threshold is involved anywhere.
+    """
+    weights, x, y = relu_integer_problem(seed, widths, num_examples, value_range)
+    with jax.enable_x64(True):
+        vec, unflatten = ravel_pytree([jnp.asarray(w) for w in weights])
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        out = lambda u: _relu_apply(unflatten(u), xj)  # noqa: E731
+        e = jax.lax.stop_gradient(out(vec) - yj)
+        jac = jax.jacfwd(lambda u: out(u).reshape(-1))(vec)
+        # N H_o and N H_f: no division, so every entry is an integer
+        mats = [np.asarray(jac.T @ jac), np.asarray(jax.hessian(lambda u: jnp.sum(e * out(u)))(vec))]
+    for mat in mats:
+        if np.abs(mat).max() >= 2**53 or not np.array_equal(mat, np.round(mat)):
+            raise ValueError("the Hessian entries left the exact-integer range of float64; lower value_range")
+    mats.append(mats[0] + mats[1])
+    ranks = []
+    for mat in mats:
+        found = {modular_rank(mat, p) for p in primes}
+        if len(found) != 1:
+            raise ValueError(f"ranks over the primes {tuple(primes)} disagree: {sorted(found)}")
+        ranks.append(found.pop())
+    return HessianRanks(ranks[0], ranks[1], ranks[2], mats[0].shape[0])

@@ -26,8 +26,14 @@ an N x N solve, never a P x P one. Blocks of ``block_diag`` are the leaves of pa
 bias-free MLP: one block per layer). K-FAC needs the layer structure of an
 ``overparam.models.MLPSpec`` (inputs a_l and backpropagated deltas from ``overparam.kernels.empirical``).
 With every block's Gram invertible, block-diagonal NGD with lr/B equals exact NGD in function
-space; K-FAC is isotropic when each layer's input Gram a a^T and delta Gram are invertible
-(widths and input dimension >= N); then A = (1 + (L-1) N) I for K = 1.
+space. K-FAC's layer l contributes N (P_{a_l} o P_{delta_l}) (``kfac_layer_terms``), a multiple of I
+when one of the two projections is the identity (that Gram invertible) and the other has a constant
+diagonal (equal leverage scores); it then contributes rank(other) * I. Both Grams invertible is
+sufficient but not necessary: the last layer of a K = 1 net has deltas all equal to one (a rank-one
+delta Gram, leverages 1/N) and contributes P_{a_{L-1}} = I once its input Gram is invertible; the
+first layer, with inputs of leverage h_n = P_X[n, n], contributes N diag(h): isotropic iff all h_n
+are equal, e.g. d >= N (h = 1) or an equal-leverage design with d < N (``equal_leverage_inputs``).
+With hidden widths >= N: A = (1 + (L-2) N) I + N diag(h), = (1 + (L-1) N) I when h is constant 1.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from overparam.kernels.empirical import block_grams, mlp_layer_features, output_jacobian
@@ -122,15 +129,49 @@ def kfac_operator(spec: MLPSpec, params, x, damping):
     return function_space_operator("kfac", spec, params, x, damping)
 
 
-def _kfac_operator(spec: MLPSpec, params, x, damping):
+def kfac_layer_terms(spec: MLPSpec, params, x, damping):
+    """K-FAC's function-space operator layer by layer: a list of L arrays (NK, NK) that sum to ``kfac_operator``.
+
+    Term l is (1/N) [phi_a Q_a] o [phi_D Q_D] -> N (P_{a_l} o P_{delta_l}) as damping -> 0 (module
+    docstring: when it is a multiple of I).
+    """
+    _check_damping(damping)
+    _check_kfac_model(spec)
+    return _kfac_terms(spec, params, x, damping)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _kfac_terms(spec: MLPSpec, params, x, damping):
     n = x.shape[0]
-    total = 0.0
+    terms = []
     for phi_a, q_a, phi_d, q_d in _kfac_factors(spec, params, x, damping):
         k = phi_d.shape[0] // n
         pa = phi_a @ q_a                                  # (N, N)
         pd = (phi_d @ q_d).reshape(n, k, n, k)            # (N, K, N, K)
-        total = total + (pa[:, None, :, None] * pd).reshape(n * k, n * k) / n
-    return total
+        terms.append((pa[:, None, :, None] * pd).reshape(n * k, n * k) / n)
+    return terms
+
+
+def _kfac_operator(spec: MLPSpec, params, x, damping):
+    return sum(_kfac_terms(spec, params, x, damping))
+
+
+def equal_leverage_inputs(num_examples: int, input_dim: int):
+    """x (N, d), d < N allowed, distinct rows, every leverage score P_X[n, n] = d / N: a harmonic frame.
+
+    Columns sqrt(2) cos(2 pi k n / N), sqrt(2) sin(2 pi k n / N) for k = 1, ..., floor(d/2), plus the
+    constant column 1 when d is odd: orthogonal columns of norm sqrt(N) (needs floor(d/2) < N/2), so
+    x^T x = N I, P_X = x x^T / N and P_X[n, n] = |x_n|^2 / N = d / N for every n. Float64 under x64.
+    """
+    n, d = int(num_examples), int(input_dim)
+    if n < 2:
+        raise ValueError(f"num_examples={num_examples} must be >= 2")
+    if not 1 <= d or not d // 2 < n / 2:
+        raise ValueError(f"input_dim={input_dim} must be >= 1 with floor(d/2) < num_examples/2 = {n / 2}")
+    angle = 2 * jnp.pi * jnp.arange(n)[:, None] * jnp.arange(1, d // 2 + 1)[None, :] / n
+    cols = [jnp.ones((n, 1))] if d % 2 else []
+    cols += [jnp.sqrt(2.0) * jnp.cos(angle), jnp.sqrt(2.0) * jnp.sin(angle)]
+    return jnp.concatenate(cols, axis=1)
 
 
 # ------------------------------------------------------------------------------ the operators
@@ -273,3 +314,55 @@ def isotropy_deviation(residuals, rate):
     factors = (1.0 - rate) ** jnp.arange(flat.shape[0], dtype=flat.dtype)
     ideal = factors[:, None] * flat[0]
     return jnp.max(jnp.linalg.norm(flat - ideal, axis=1) / jnp.linalg.norm(ideal, axis=1))
+
+
+# ------------------------------------------------------------------- approximate NGD vs exact, in width
+
+
+def ngd_deviation_sweep(key, widths, num_examples: int, input_dim: int, num_seeds: int, eta: float = 0.3,
+                        num_steps: int = 10, damping: float = 1e-9, methods=("block_diag", "kfac"),
+                        depth: int = 3) -> dict:
+    """How far approximate NGD runs from exact NGD, and how far each first step lands from its linearization, vs width.
+
+    For each width M and seed: a bias-free ReLU ``MLPSpec((d, M, ..., M, 1), "ntk")`` (``depth``
+    weight layers), x on the sphere (N, d), y a noisy tanh teacher; exact NGD with lr = eta and each
+    method with lr = eta / isotropy_scale (its operator's mean eigenvalue), all from the same init, for
+    ``num_steps`` steps. Returns numpy arrays (W, S) under keys ``deviation[method]`` =
+    max_t ||e_t^method - e_t^ngd|| / ||e_0|| and ``linearization[method]`` (``ngd`` included) =
+    ||e_1 - (e_0 - lr A e_0)|| / ||e_0 - lr A e_0||, plus ``spread[method]`` = max/min eigenvalue of
+    lr A at init. Run under ``jax.enable_x64(True)`` (the solves use a 1e-9 damping).
+    """
+    from overparam.data import sphere_inputs, teacher_targets
+
+    for m in methods:
+        if check_method(m) in ("gd", "ngd"):
+            raise ValueError(f"methods must be approximations of NGD (block_diag, kfac), got {m!r}")
+    out = {"deviation": {m: [] for m in methods}, "linearization": {m: [] for m in ("ngd",) + tuple(methods)},
+           "spread": {m: [] for m in methods}}
+    for width in widths:
+        spec = MLPSpec((int(input_dim),) + (int(width),) * (depth - 1) + (1,), "relu", "ntk", use_bias=False)
+        rows = {k: {m: [] for m in v} for k, v in out.items()}
+        for seed in range(num_seeds):
+            k_x, k_y, k_p = jax.random.split(jax.random.fold_in(key, seed), 3)
+            x = sphere_inputs(k_x, num_examples, input_dim)
+            y = teacher_targets(k_y, x, (input_dim, 64, 1), "tanh", noise=0.3)
+            params = jax.tree.map(lambda p: p.astype(x.dtype), spec.init(k_p))
+            runs, lrs, ops = {}, {}, {}
+            for m in ("ngd",) + tuple(methods):
+                ops[m] = function_space_operator(m, spec, params, x, damping)
+                lrs[m] = eta if m == "ngd" else eta / float(isotropy_scale(ops[m]))
+                runs[m] = train_preconditioned(spec, params, x, y, m, lrs[m], num_steps, damping)
+            e0 = runs["ngd"].residuals[0].reshape(-1)
+            for m in ("ngd",) + tuple(methods):
+                linear = e0 - lrs[m] * ops[m] @ e0
+                e1 = runs[m].residuals[1].reshape(-1)
+                rows["linearization"][m].append(float(jnp.linalg.norm(e1 - linear) / jnp.linalg.norm(linear)))
+            for m in methods:
+                diff = (runs[m].residuals - runs["ngd"].residuals).reshape(num_steps + 1, -1)
+                rows["deviation"][m].append(float(jnp.max(jnp.linalg.norm(diff, axis=1)) / jnp.linalg.norm(e0)))
+                ev = jnp.linalg.eigvals(lrs[m] * ops[m]).real
+                rows["spread"][m].append(float(ev.max() / ev.min()))
+        for k in out:
+            for m in out[k]:
+                out[k][m].append(rows[k][m])
+    return {k: {m: np.asarray(v) for m, v in d.items()} for k, d in out.items()}
