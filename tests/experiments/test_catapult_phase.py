@@ -222,6 +222,14 @@ def test_uv_upper_boundary_exact_at_y0_and_moves_at_y1():
     np.testing.assert_allclose(b0, 4.005, atol=1e-9)           # first grid point above 4: exact boundary
     b1 = C.uv_upper_boundary(grid, [16, 256], -1.0, 2.0, y=1.0, num_steps=500)
     assert b1[0] < 3.9 < b1[1] <= 4.0                          # shifted below 4, less at the larger width
+    # at m = 64 the map diverges at isolated a0 inside the catapult range; "contiguous" skips them
+    fine = np.arange(3.0, 4.0 + 1e-9, 0.00025)
+    first, edge = (C.uv_upper_boundary(fine, [64], -1.0, 2.0, y=1.0, edge=e)[0] for e in ("first", "contiguous"))
+    assert first < 3.1 and edge == pytest.approx(3.9395, abs=1e-6)
+    r0s, lam0s = np.array([-1.0, -1.0]), np.array([2.0, 2.0])      # per-entry initial states
+    np.testing.assert_allclose(C.uv_upper_boundary(fine, [64, 64], r0s, lam0s, y=1.0, edge="contiguous"), edge)
+    with pytest.raises(ValueError, match="edge"):
+        C.uv_upper_boundary(grid, [16], 1.0, 2.0, edge="last")
     with pytest.raises(ValueError, match="sorted"):
         C.uv_upper_boundary(grid[::-1], [16], 1.0, 2.0)
     with pytest.raises(ValueError, match="lam0"):

@@ -476,25 +476,37 @@ def majority_phase(phases, axis=-2):
 # ------------------------------------------- the a0 = 4 boundary of the uv model at finite width
 
 
-def uv_upper_boundary(a0s, widths, r0: float, lam0: float, x: float = 1.0, y: float = 1.0,
-                      num_steps: int = 3000):
-    """Smallest a0 in the sorted grid ``a0s`` (A,) at which the uv map diverges, per width (W,).
+def uv_upper_boundary(a0s, widths, r0, lam0, x: float = 1.0, y: float = 1.0, num_steps: int = 3000,
+                      edge: str = "first"):
+    """Where the uv map starts to diverge in the sorted grid ``a0s`` (A,), per width: array (W,).
 
-    Deterministic start (r0, lam0) shared by all widths; lr = a0 / lam0. Returns an array (W,)
-    (NaN where no a0 of the grid diverged). With y = 0 the identity 4 - a' = (4 - a)(1 + z) makes
-    the boundary exactly 4 at every width; with y != 0 it moves by a width-dependent amount.
+    widths (W,); r0, lam0: the initial residual and kernel, scalars shared by all widths or
+    arrays (W,) (one initialization per entry); lr = a0 / lam0. edge="first": the smallest
+    diverging a0 of the grid; edge="contiguous": the lower end of the run of diverging a0 that
+    ends at the top of the grid (isolated diverging a0 below it are ignored: at small widths
+    the uv map has such islands well inside the catapult range). NaN where there is none.
+    With y = 0 the identity 4 - a' = (4 - a)(1 + z) puts the boundary exactly at 4 at every width.
     """
     a0s = np.asarray(a0s, dtype=float)
     if a0s.ndim != 1 or a0s.size < 2 or np.any(np.diff(a0s) <= 0):
         raise ValueError(f"a0s must be a sorted 1-D grid of at least two values, got shape {a0s.shape}")
-    if lam0 <= 0:
+    if edge not in ("first", "contiguous"):
+        raise ValueError(f"edge={edge!r} is not allowed; allowed: 'first', 'contiguous'")
+    widths = jnp.asarray(widths, dtype=jnp.result_type(float))
+    r0, lam0 = (jnp.broadcast_to(jnp.asarray(v, dtype=widths.dtype), widths.shape) for v in (r0, lam0))
+    if bool(jnp.any(lam0 <= 0)):
         raise ValueError(f"lam0={lam0!r} must be positive")
-    run = jax.vmap(jax.vmap(lambda a0, m: uv_map_summary(r0, lam0, a0 / lam0, x, y, m, num_steps),
-                            in_axes=(0, None)), in_axes=(None, 0))
-    s = run(jnp.asarray(a0s), jnp.asarray(widths, dtype=jnp.result_type(float)))
+    run = jax.vmap(jax.vmap(lambda a0, r, l, m: uv_map_summary(r, l, a0 / l, x, y, m, num_steps),
+                            in_axes=(0, None, None, None)), in_axes=(None, 0, 0, 0))
+    s = run(jnp.asarray(a0s), r0, lam0, widths)
     diverged = np.asarray(classify_phase(s.initial, s.peak, s.final)) == DIVERGED
-    first = np.argmax(diverged, axis=1)
-    return np.where(diverged.any(axis=1), a0s[first], np.nan)
+    if edge == "first":
+        first = np.argmax(diverged, axis=1)
+        return np.where(diverged.any(axis=1), a0s[first], np.nan)
+    # index after the last converging a0: the run of diverging a0 up to the end of the grid starts there
+    last_ok = a0s.size - 1 - np.argmax(~diverged[:, ::-1], axis=1)
+    start = np.where((~diverged).any(axis=1), last_ok + 1, 0)
+    return np.where(diverged[:, -1], a0s[np.minimum(start, a0s.size - 1)], np.nan)
 
 
 # ------------------------------- bias-free two-layer ReLU networks: activation flips and the NQM
