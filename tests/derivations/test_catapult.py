@@ -149,3 +149,20 @@ def test_uv_model_is_its_own_quadratic_model():
     p0, p = _uv_params(9, 3), _uv_params(9, 4)
     x = jnp.array([[0.6], [-1.4]])
     np.testing.assert_allclose(quadratize(C.uv_apply, p0)(p, x), C.uv_apply(p, x), rtol=1e-12)
+
+
+def test_relu_unit_nqm_gap_matches_the_numerical_nqm():
+    """The symbolic one-unit gap (v |h| after a flip, 0 otherwise) against quadratize and relu_nqm_gap."""
+    out = D.relu_unit_nqm_gap()
+    assert out["flip_gap"] == 0 and out["gap_on_on"] == 0 and out["gap_off_off"] == 0
+    spec = MLPSpec.two_layer(1, 1, "relu", "ntk")
+    p0 = spec.init(jax.random.key(0))
+    w0 = float(p0["layers"][0]["w"][...][0, 0])
+    x = jnp.array([[1.0 if w0 > 0 else -1.0]])                       # unit on at params0
+    (w_in, w_out), treedef = jax.tree.flatten(p0)
+    p = jax.tree.unflatten(treedef, [-2.0 * w_in, 1.5 * w_out])     # the unit flips off, v is rescaled
+    numeric = float((spec(p, x) - quadratize(spec, p0)(p, x))[0, 0])
+    h = float((x @ p["layers"][0]["w"][...])[0, 0]); v = float(p["layers"][1]["w"][...][0, 0])
+    symbolic = float(out["gap_on_off"].subs({out["h_neg"]: h, out["v"]: v}))
+    assert numeric == pytest.approx(symbolic, rel=1e-10) and abs(numeric) > 0
+    assert float(C.relu_nqm_gap(p0, p, x)[0, 0]) == pytest.approx(symbolic, rel=1e-10)

@@ -155,3 +155,95 @@ def test_init_lr_sweep_batches_inits_and_builds_taylor_models():
     np.testing.assert_allclose(single.test_loss[ok], single.losses[ok, -1], rtol=1e-4)
     with pytest.raises(ValueError, match="order"):
         C.init_lr_sweep(apply_fn, params, x, y, a0s, 20, order=3)
+
+
+# ------------------------------------------- bias-free two-layer ReLU nets: flips and the NQM gap
+
+def _relu_net(d=3, m=16, seed=0):
+    from overparam.models import MLPSpec
+
+    spec = MLPSpec.two_layer(d, m, "relu", "ntk")
+    return spec, spec.init(jax.random.key(seed))
+
+
+@pytest.mark.usefixtures("x64")
+def test_relu_nqm_gap_is_the_flipped_unit_sum_and_zero_without_flips():
+    from overparam.taylor import quadratize
+
+    spec, p0 = _relu_net()
+    p1 = spec.init(jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (9, 3))
+    nqm = quadratize(spec, p0)
+    far = jax.tree.map(lambda a, b: a + 0.5 * (b - a), p0, p1)
+    gap = spec(far, x) - nqm(far, x)
+    np.testing.assert_allclose(C.relu_nqm_gap(p0, far, x), gap, atol=1e-12)
+    flips = np.asarray(C.relu_flips(p0, far, x))
+    assert flips.shape == (9,) and flips.sum() > 0
+    assert np.all(np.abs(np.asarray(gap)[flips == 0]) < 1e-12)     # no flip on an input: no gap there
+    assert np.all(np.abs(np.asarray(gap)[flips > 0]) > 0)
+    # a tiny perturbation flips nothing: network and NQM agree exactly
+    near = jax.tree.map(lambda a, b: a + 1e-6 * (b - a), p0, p1)
+    assert int(C.relu_flips(p0, near, x).sum()) == 0
+    np.testing.assert_allclose(spec(near, x), nqm(near, x), atol=1e-13)
+
+
+@pytest.mark.usefixtures("x64")
+def test_network_and_nqm_trajectories_coincide_until_the_first_flip():
+    from overparam.taylor import quadratize
+    from overparam.training import full_batch_loss, mse_loss, train_gd
+
+    spec, p0 = _relu_net(d=3, m=8)
+    x = jax.random.normal(jax.random.key(3), (1, 3))
+    y = jnp.ones((1, 1))
+    flips_of = lambda p: C.relu_flips(p0, p, x).sum()
+    runs = {name: train_gd(full_batch_loss(f, x, y, mse_loss), p0, 0.5, 40, observe=flips_of)
+            for name, f in (("net", spec), ("nqm", quadratize(spec, p0)))}
+    flips = np.asarray(runs["net"].records)
+    first = int(np.argmax(flips > 0)) if (flips > 0).any() else flips.size
+    assert first >= 2, "the test needs a few steps before the first flip"
+    np.testing.assert_allclose(runs["net"].step_losses[:first], runs["nqm"].step_losses[:first], rtol=1e-12)
+
+
+def test_param_distance_batches_and_relu_errors():
+    spec, p0 = _relu_net()
+    p1 = jax.tree.map(lambda a: a + 1.0, p0)
+    n = spec.num_params
+    assert float(C.param_distance(p0, p1)) == pytest.approx(np.sqrt(n), rel=1e-6)
+    batched = jax.tree.map(lambda a: jnp.stack([a, a + 2.0]), p0)
+    np.testing.assert_allclose(C.param_distance(p0, batched, batch_ndim=1), [0.0, 2 * np.sqrt(n)], rtol=1e-6)
+    three = {"layers": [p0["layers"][0]] * 3}
+    with pytest.raises(ValueError, match="two-layer"):
+        C.relu_flips(three, three, jnp.ones((1, 3)))
+
+
+def test_uv_upper_boundary_exact_at_y0_and_moves_at_y1():
+    grid = np.arange(3.505, 4.02, 0.01)            # avoids a0 = 4 itself (a fixed point of 4 - a: diverges)
+    b0 = C.uv_upper_boundary(grid, [16, 256], 1.0, 2.0, y=0.0, num_steps=500)
+    np.testing.assert_allclose(b0, 4.005, atol=1e-9)           # first grid point above 4: exact boundary
+    b1 = C.uv_upper_boundary(grid, [16, 256], -1.0, 2.0, y=1.0, num_steps=500)
+    assert b1[0] < 3.9 < b1[1] <= 4.0                          # shifted below 4, less at the larger width
+    # at m = 64 the map diverges at isolated a0 inside the catapult range; "contiguous" skips them
+    fine = np.arange(3.0, 4.0 + 1e-9, 0.00025)
+    first, edge = (C.uv_upper_boundary(fine, [64], -1.0, 2.0, y=1.0, edge=e)[0] for e in ("first", "contiguous"))
+    assert first < 3.1 and edge == pytest.approx(3.9395, abs=1e-6)
+    r0s, lam0s = np.array([-1.0, -1.0]), np.array([2.0, 2.0])      # per-entry initial states
+    np.testing.assert_allclose(C.uv_upper_boundary(fine, [64, 64], r0s, lam0s, y=1.0, edge="contiguous"), edge)
+    with pytest.raises(ValueError, match="edge"):
+        C.uv_upper_boundary(grid, [16], 1.0, 2.0, edge="last")
+    with pytest.raises(ValueError, match="sorted"):
+        C.uv_upper_boundary(grid[::-1], [16], 1.0, 2.0)
+    with pytest.raises(ValueError, match="lam0"):
+        C.uv_upper_boundary(grid, [16], 1.0, 0.0)
+
+
+def test_digits_on_sphere_centered_and_raw():
+    a = C.digits_on_sphere(40, 30, seed=1)
+    b = C.digits_on_sphere(40, 30, seed=1, centered=False)
+    for ds in (a, b):
+        assert ds.x_train.shape == (40, 64) and ds.y_test.shape == (30, 1)
+        np.testing.assert_allclose(jnp.linalg.norm(ds.x_test, axis=1), 8.0, rtol=1e-5)
+    np.testing.assert_array_equal(a.y_train, b.y_train)            # same split
+    assert float(jnp.min(b.x_train)) >= 0.0 > float(jnp.min(a.x_train))
+    assert set(np.unique(np.asarray(a.y_train)).tolist()) == {-1.0, 1.0}
+    with pytest.raises(ValueError, match="all-zero row"):
+        C.to_sphere(jnp.zeros((2, 3)))

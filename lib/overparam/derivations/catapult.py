@@ -187,3 +187,33 @@ def two_layer_nqm(m_units: int = 2, d: int = 1, activation=linearity.sigma):
     f_net, params, _, _, xs = linearity.two_layer(m_units, d, activation)
     params0 = [sp.Symbol(f"{p.name}^0", real=True) for p in params]
     return taylor_model(f_net, params, params0, order=2), f_net, params, params0, xs
+
+
+def relu_unit_nqm_gap():
+    """One bias-free ReLU unit f = v relu(w x): its NQM around (v0, w0) and the gap f - f_quad.
+
+    Taylor-expands f = v w x H(w x) (H the Heaviside step; its derivative vanishes away from the
+    kink) around a point with w0 x > 0 ("on") and one with w0 x < 0 ("off"). Returns dict with
+    f_quad_on = v w x and f_quad_off = 0 (the NQM keeps the pattern of params0, and is exact
+    there: the unit is bilinear in (w, v) on a fixed pattern), and the gaps f - f_quad for the
+    four (pattern at params0, pattern at params) cases: zero unless the unit flipped, and then
+    v |w x| (``overparam.experiments.catapult_phase.relu_nqm_gap`` sums this over units).
+    """
+    v_, w_, v0, w0 = sp.symbols("v w v_0 w_0", real=True)
+    xp = sp.Symbol("x", positive=True)
+    h_pos, h_neg = sp.Symbol("h_+", positive=True), sp.Symbol("h_-", negative=True)
+    out = {}
+    for name, sign in (("on", 1), ("off", -1)):
+        # at params0 the unit is on (w0 x > 0) or off; locally H(w x) = H(w0 x) is constant
+        local = v_ * w_ * xp * (1 if sign > 0 else 0)
+        q = taylor_model(local, [v_, w_], [v0, w0], order=2)
+        out[f"f_quad_{name}"] = sp.expand(q)
+    relu = lambda h: h * sp.Heaviside(h)
+    # gap f - f_quad at a point where h = w x is positive (h_+) or negative (h_-), v arbitrary
+    for pre, q in (("on", out["f_quad_on"]), ("off", out["f_quad_off"])):
+        for post, h in (("on", h_pos), ("off", h_neg)):
+            gap = v_ * relu(h) - q.subs(w_, h / xp)
+            out[f"gap_{pre}_{post}"] = sp.simplify(gap)
+    out["flip_gap"] = sp.simplify(out["gap_on_off"] - v_ * sp.Abs(h_neg))  # 0: gap is v |h| after a flip
+    out["h_pos"], out["h_neg"], out["v"] = h_pos, h_neg, v_
+    return out

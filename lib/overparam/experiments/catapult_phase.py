@@ -471,3 +471,127 @@ def majority_phase(phases, axis=-2):
     phases = np.asarray(phases)
     counts = np.stack([(phases == c).sum(axis=axis) for c in (MONOTONE, CATAPULT, DIVERGED)])
     return (len(PHASES) - 1 - np.argmax(counts[::-1], axis=0)).astype(np.int32)
+
+
+# ------------------------------------------- the a0 = 4 boundary of the uv model at finite width
+
+
+def uv_upper_boundary(a0s, widths, r0, lam0, x: float = 1.0, y: float = 1.0, num_steps: int = 3000,
+                      edge: str = "first"):
+    """Where the uv map starts to diverge in the sorted grid ``a0s`` (A,), per width: array (W,).
+
+    widths (W,); r0, lam0: the initial residual and kernel, scalars shared by all widths or
+    arrays (W,) (one initialization per entry); lr = a0 / lam0. edge="first": the smallest
+    diverging a0 of the grid; edge="contiguous": the lower end of the run of diverging a0 that
+    ends at the top of the grid (isolated diverging a0 below it are ignored: at small widths
+    the uv map has such islands well inside the catapult range). NaN where there is none.
+    With y = 0 the identity 4 - a' = (4 - a)(1 + z) puts the boundary exactly at 4 at every width.
+    """
+    a0s = np.asarray(a0s, dtype=float)
+    if a0s.ndim != 1 or a0s.size < 2 or np.any(np.diff(a0s) <= 0):
+        raise ValueError(f"a0s must be a sorted 1-D grid of at least two values, got shape {a0s.shape}")
+    if edge not in ("first", "contiguous"):
+        raise ValueError(f"edge={edge!r} is not allowed; allowed: 'first', 'contiguous'")
+    widths = jnp.asarray(widths, dtype=jnp.result_type(float))
+    r0, lam0 = (jnp.broadcast_to(jnp.asarray(v, dtype=widths.dtype), widths.shape) for v in (r0, lam0))
+    if bool(jnp.any(lam0 <= 0)):
+        raise ValueError(f"lam0={lam0!r} must be positive")
+    run = jax.vmap(jax.vmap(lambda a0, r, l, m: uv_map_summary(r, l, a0 / l, x, y, m, num_steps),
+                            in_axes=(0, None, None, None)), in_axes=(None, 0, 0, 0))
+    s = run(jnp.asarray(a0s), r0, lam0, widths)
+    diverged = np.asarray(classify_phase(s.initial, s.peak, s.final)) == DIVERGED
+    if edge == "first":
+        first = np.argmax(diverged, axis=1)
+        return np.where(diverged.any(axis=1), a0s[first], np.nan)
+    # index after the last converging a0: the run of diverging a0 up to the end of the grid starts there
+    last_ok = a0s.size - 1 - np.argmax(~diverged[:, ::-1], axis=1)
+    start = np.where((~diverged).any(axis=1), last_ok + 1, 0)
+    return np.where(diverged[:, -1], a0s[np.minimum(start, a0s.size - 1)], np.nan)
+
+
+# ------------------------------- bias-free two-layer ReLU networks: activation flips and the NQM
+
+
+def _two_layer_arrays(params):
+    """(W (d, m), v (m, 1)) of a bias-free two-layer ``MLPSpec`` params tree (leaves may be nnx-wrapped)."""
+    layers = params["layers"]
+    if len(layers) != 2:
+        raise ValueError(f"expected a two-layer network, got {len(layers)} layers")
+    return jnp.asarray(layers[0]["w"][...]), jnp.asarray(layers[1]["w"][...])
+
+
+def relu_flips(params0, params, x):
+    """Per-input count of hidden units whose ReLU activation (w_i . x > 0) differs from params0: (N,).
+
+    For ``MLPSpec.two_layer(d, m, "relu", ...)`` params (no biases); x (N, d).
+    """
+    w0, _ = _two_layer_arrays(params0)
+    w, _ = _two_layer_arrays(params)
+    return jnp.sum((x @ w0 > 0) != (x @ w > 0), axis=-1)
+
+
+def relu_nqm_gap(params0, params, x):
+    """f(params; x) - f_quad(params; x) for a bias-free two-layer ReLU net in NTK parameterization: (N, 1).
+
+    The closed form of ``overparam.derivations.catapult.relu_unit_nqm_gap``: with h = x W / sqrt(d)
+    at params, the NQM around params0 is v^T D0 h / sqrt(m) (D0 the activation pattern at params0,
+    exact because the network is bilinear in (W, v) on a fixed pattern), so the gap is
+    sum over the units flipped on x of v_i |h_i| / sqrt(m): zero on every input without a flip.
+    """
+    w0, _ = _two_layer_arrays(params0)
+    w, v = _two_layer_arrays(params)
+    d, m = w.shape
+    h = x @ w / jnp.sqrt(d)
+    flipped = (x @ w0 > 0) != (h > 0)
+    return (jnp.where(flipped, jnp.abs(h), 0.0) @ v) / jnp.sqrt(m)
+
+
+def param_distance(params0, params, batch_ndim: int = 0):
+    """||params - params0|| over all leaves: an array of the leading ``batch_ndim`` axes of ``params``.
+
+    params0 must broadcast against params (insert singleton axes for batch axes it lacks).
+    """
+    def squared(p, p0):
+        diff = jnp.asarray(p) - jnp.asarray(p0)
+        return jnp.sum(diff.reshape(diff.shape[:batch_ndim] + (-1,)) ** 2, axis=-1)
+
+    return jnp.sqrt(sum(jax.tree.leaves(jax.tree.map(squared, params, params0))))
+
+
+# ------------------------------------------------------------------- real data: scikit-learn digits
+
+
+def to_sphere(x):
+    """Rows of x (N, d) rescaled to norm sqrt(d) (the inputs of the chapter's NTK-parameterized nets)."""
+    x = jnp.asarray(x)
+    norms = jnp.linalg.norm(x, axis=1, keepdims=True)
+    if bool(jnp.any(norms == 0)):
+        raise ValueError("x has an all-zero row, which cannot be put on the sphere")
+    return x / norms * jnp.sqrt(x.shape[1])
+
+
+def digits_on_sphere(n_train: int, n_test: int, seed: int = 0, classes=(3, 8), centered: bool = True):
+    """Two-class scikit-learn digits, targets +-1 (N, 1), inputs (N, 64) on the sphere of radius 8.
+
+    centered=True: pixels standardized with training statistics (``overparam.data.load_digits_data``),
+    so the inputs spread around the origin; centered=False: the raw non-negative pixel
+    intensities, all inputs inside one orthant (a narrow cone). The split is the same for both.
+    Returns ``overparam.data.Dataset`` (x_train, y_train, x_test, y_test) in float32.
+    """
+    from overparam.data import Dataset, load_digits_data
+
+    if centered:
+        ds = load_digits_data(n_train, n_test, seed=seed, classes=list(classes))
+    else:
+        ds = _raw_digits(n_train, n_test, seed, classes)
+    return Dataset(to_sphere(ds.x_train), ds.y_train, to_sphere(ds.x_test), ds.y_test)
+
+
+def _raw_digits(n_train, n_test, seed, classes):
+    from sklearn.datasets import load_digits
+
+    from overparam.data import _select_classes, _split_arrays
+
+    digits = load_digits()
+    x, labels, num_classes = _select_classes(digits.data, digits.target, list(classes))
+    return _split_arrays(x, labels, n_train, n_test, seed, num_classes, jnp.float32, standardize=False)
