@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from overparam.experiments.trained_ensembles import train_mlp_ensemble
+from overparam.experiments.trained_ensembles import (ensemble_mean_sq_gaps, gp_draws, mean_sq_z_null_sd,
+                                                     standardized_residuals, train_mlp_ensemble)
 
 
 def test_train_mlp_ensemble_settings_and_the_kernel_regime():
@@ -33,3 +34,29 @@ def test_train_mlp_ensemble_settings_and_the_kernel_regime():
             assert np.linalg.norm(run.f_test[2, s] - pred) < 5 / np.sqrt(4096) * moved + 1e-3
     with pytest.raises(ValueError, match="depth"):
         train_mlp_ensemble(jax.random.key(0), x, y, xt, 1, 16, [0.1], 2)
+
+
+def _correlated_gaussian(m=6, k=2):
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(m, m))
+    cov = a @ a.T / m + 0.5 * np.eye(m)
+    return rng.normal(size=(m, k)), cov
+
+
+def test_calibration_statistics_against_draws_of_the_predicted_gaussian():
+    """Isserlis' Var(mean z^2) and the 1/k ensembling law, checked on draws from the Gaussian itself."""
+    mean, cov = _correlated_gaussian()
+    draws = gp_draws(jax.random.key(3), mean, cov, num_nets=16, num_draws=4000)  # (4000, 16, 6, 2)
+    assert draws.shape == (4000, 16, 6, 2)
+    np.testing.assert_allclose(draws.reshape(-1, 6, 2).mean(0), mean, atol=0.03)
+    z2 = np.array([np.mean(standardized_residuals(d, mean, cov) ** 2) for d in draws])
+    assert abs(z2.mean() - 1.0) < 4 * z2.std() / np.sqrt(len(z2))
+    np.testing.assert_allclose(z2.std(), mean_sq_z_null_sd(cov, 16, num_outputs=2), rtol=0.06)
+    # a wrong variance (cov / 2) doubles z^2
+    assert abs(np.mean(standardized_residuals(draws[0], mean, cov / 2) ** 2) - 2 * z2[0]) < 1e-9
+    gaps = np.mean([ensemble_mean_sq_gaps(d, mean, [1, 2, 4]) for d in draws[:1000]], axis=0)
+    np.testing.assert_allclose(gaps, np.trace(cov) / 6 / np.array([1, 2, 4]), rtol=0.05)
+    with pytest.raises(ValueError, match="ensemble size"):
+        ensemble_mean_sq_gaps(draws[0], mean, [32])
+    with pytest.raises(ValueError, match="expected"):
+        standardized_residuals(draws[0], mean[:3], cov)

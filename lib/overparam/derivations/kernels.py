@@ -210,8 +210,10 @@ def relu_forward_iteration_rate():
     """sigma_w sqrt(E[step(u)^2]) = sigma_w / sqrt(2): the finite-width DEQ iteration's asymptotic rate.
 
     Linearized at the equilibrium, z -> phi(sigma_w z W / sqrt(n) + ...) has Jacobian
-    sigma_w W D / sqrt(n), D = diag(phi'(h*)); by the circular law its spectral radius tends to
-    sigma_w sqrt(mean of phi'^2) = sigma_w sqrt(E[step(u)^2]) (E[step^2] = kappa_0 at theta = 0).
+    sigma_w W D / sqrt(n), D = diag(phi'(h*)); treating D as independent of W, the circular law
+    gives the spectral radius sigma_w sqrt(mean of phi'^2) = sigma_w sqrt(E[step(u)^2])
+    (E[step^2] = kappa_0 at theta = 0). A heuristic, not a theorem: D is evaluated at the
+    equilibrium, which depends on W, and the circular law does not cover that dependence.
     """
     return sigma_w * sp.sqrt(relu_expectations()[1].subs(theta, 0))
 

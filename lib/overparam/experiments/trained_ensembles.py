@@ -12,6 +12,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from overparam.models import MLPSpec
@@ -96,6 +97,80 @@ def _train_ensemble(keys, x_train, y_train, x_test, lrs, wds, centers, *, widths
 
     f_train, f_test, diverged, final_loss = jax.lax.map(run, (lrs, wds, centers))
     return EnsembleRun(f0_train, f0_test, f_train, f_test, diverged, final_loss)
+
+
+# ---------------------------------------------------------------- the ensemble against its NTK-GP
+def _as_sm_k(f_test, mean, cov):
+    """f_test (S, M[, K]), mean (M[, K]), cov (M, M) -> float64 (S, M, K), (M, K), (M, M)."""
+    f, mu, c = (np.asarray(a, dtype=np.float64) for a in (f_test, mean, cov))
+    if mu.ndim == 1:
+        mu = mu[:, None]
+    if f.ndim == 2:
+        f = f[..., None]
+    m = mu.shape[0]
+    if f.ndim != 3 or f.shape[1:] != mu.shape or c.shape != (m, m):
+        raise ValueError(f"f_test {f.shape}, mean {mu.shape}, cov {c.shape}: expected (S, M[, K]), (M[, K]), (M, M)")
+    return f, mu, c
+
+
+def standardized_residuals(f_test, mean, cov):
+    """z = (f - mean) / sqrt(diag cov), per network, test point and output: (S, M, K).
+
+    f_test (S, M) or (S, M, K): S trained networks' test outputs; mean (M,) or (M, K) and cov (M, M):
+    the predicted Gaussian over initializations (``gradient_flow_prediction`` with the NNGP blocks,
+    the same covariance for every output). If the networks are draws from that Gaussian, every z is
+    N(0, 1): the mean of z^2 is 1 (Lee et al. 2019: the trained ensemble *is* the NTK-GP).
+    """
+    f, mu, c = _as_sm_k(f_test, mean, cov)
+    sd = np.sqrt(np.clip(np.diag(c), 1e-30, None))
+    return (f - mu) / sd[None, :, None]
+
+
+def mean_sq_z_null_sd(cov, num_nets: int, num_outputs: int = 1) -> float:
+    """Standard deviation of the mean of z^2 over ``num_nets`` x M x K draws from the predicted Gaussian.
+
+    With rho the correlation matrix of cov (M, M), Isserlis gives Cov(z_i^2, z_j^2) = 2 rho_ij^2, so
+    Var(mean z^2) = 2 sum_ij rho_ij^2 / (num_nets M^2 K) (outputs and networks independent).
+    """
+    c = np.asarray(cov, dtype=np.float64)
+    sd = np.sqrt(np.clip(np.diag(c), 1e-30, None))
+    rho = c / np.outer(sd, sd)
+    return float(np.sqrt(2.0 * np.sum(rho**2) / (num_nets * c.shape[0] ** 2 * num_outputs)))
+
+
+def ensemble_mean_sq_gaps(f_test, mean, sizes):
+    """Mean squared gap between the average of k networks and the predicted mean, for each k in sizes: (len(sizes),).
+
+    The S networks are split into S // k disjoint groups of k (in order); the gap is averaged over
+    groups, test points and outputs. For draws from the predicted Gaussian its expectation is
+    tr(cov) / (M k): averaging k members divides the variance of the initial function by k
+    (Lee et al. 2020's ensembling), down to the finite-width bias of the mean.
+    """
+    f, mu, _ = _as_sm_k(f_test, mean, np.eye(np.asarray(mean).shape[0]))
+    out = []
+    for k in sizes:
+        k = int(k)
+        groups = f.shape[0] // k
+        if k < 1 or groups < 1:
+            raise ValueError(f"ensemble size {k} must be between 1 and the number of networks {f.shape[0]}")
+        avg = f[: groups * k].reshape(groups, k, *f.shape[1:]).mean(1)
+        out.append(float(np.mean((avg - mu[None]) ** 2)))
+    return np.array(out)
+
+
+def gp_draws(key, mean, cov, num_nets: int, num_draws: int = 1):
+    """``num_draws`` x ``num_nets`` samples of the predicted Gaussian's test outputs: (num_draws, num_nets, M, K).
+
+    The null model of the calibration and ensembling statistics (what they would be if the trained
+    ensemble were exactly the NTK-GP); cov gets a 1e-10 trace/M jitter for the Cholesky factor.
+    """
+    mu = np.asarray(mean, dtype=np.float64)
+    mu = mu[:, None] if mu.ndim == 1 else mu
+    c = np.asarray(cov, dtype=np.float64)
+    m = c.shape[0]
+    chol = np.linalg.cholesky(c + 1e-10 * np.trace(c) / m * np.eye(m))
+    eps = np.asarray(jax.random.normal(key, (num_draws, num_nets, m, mu.shape[1])), dtype=np.float64)
+    return mu + np.einsum("ij,dsjk->dsik", chol, eps)
 
 
 def _check_depth_positive(depth) -> int:
