@@ -101,3 +101,22 @@ def test_limit_floor_matches_library():
     f = to_numeric(expr, (alpha, beta), backend="numpy")
     for a, b in [(0.125, 0.25), (0.2, 0.6)]:
         assert np.isclose(f(a, b), q.limit_risk_floor(a, b), rtol=1e-12)
+
+
+def test_surplus_tail_matches_the_limit_flow_at_late_times():
+    """r_tail = (alpha - beta) beta / (alpha (1 + 8t)^2) against the integrated limit (alpha = 2 beta)."""
+    tail = sym.surplus_tail()
+    assert tail["residual"] == 0
+    alpha_s, beta_s, t_s = tail["symbols"]
+    assert sp.simplify(tail["c"] - alpha_s / beta_s) == 0
+    r_tail = sp.lambdify(tail["symbols"], tail["r"])
+    alpha, beta = 0.25, 0.125
+    t, r, _ = q.limit_flow(alpha, beta, 0.01, 3000, 30, num_nodes=64)
+    t, r = np.asarray(t), np.asarray(r)
+    ratio = r / r_tail(alpha, beta, t)
+    late = t >= 15
+    assert np.all(np.abs(ratio[late] - 1) < 0.1)
+    # r_tail is the leading order: the relative error decays like 1/t (a shift of the time origin
+    # by the early transient), so t (ratio - 1) is the same at t = 15 and t = 30
+    i15, i30 = np.argmax(t >= 15), np.argmax(t >= 30)
+    assert abs(t[i15] * (ratio[i15] - 1) / (t[i30] * (ratio[i30] - 1)) - 1) < 0.2

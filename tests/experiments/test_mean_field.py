@@ -119,3 +119,43 @@ def test_online_sgd_matches_a_step_by_step_reference(teacher):
     want = _online_sgd_reference(teacher, p0, k, eta, N, num_steps)
     np.testing.assert_allclose(mf.particles(got), mf.particles(want), rtol=1e-6, atol=1e-7)
     assert not np.allclose(mf.particles(got), mf.particles(p0))  # the steps moved the particles
+
+
+def test_first_layer_sgd_trains_w_only_and_ignores_empty_slots(teacher):
+    keys = jax.random.split(jax.random.key(10), 1)
+    N = 8
+    p0 = jax.tree.map(lambda a: a[0], mf.student_init(keys, D, N, WIDTH))
+    w0, v = p0["layers"][0]["w"][...], p0["layers"][1]["w"][...]
+    w1 = mf.first_layer_sgd(w0, v, teacher, jax.random.key(11), 0.2, N, 50, batch_size=BATCH)
+    assert w1.shape == (D, WIDTH)
+    np.testing.assert_array_equal(w1[:, N:], 0.0)          # empty slots get no gradient
+    x = jax.random.normal(jax.random.key(12), (256, D))
+    y = mf.teacher_apply(teacher, x)
+    risk = lambda w: float(0.5 * jnp.mean((jnp.tanh(x @ w / jnp.sqrt(D)) @ v / N - y) ** 2))
+    assert risk(w1) < 0.8 * risk(w0)
+    # one step equals the hand-written mean-field step w_k -= eta N grad_{w_k} L_B on the same minibatch
+    w_one = mf.first_layer_sgd(w0, v, teacher, jax.random.key(11), 0.2, N, 1, batch_size=BATCH)
+    xb = jax.random.normal(jax.random.fold_in(jax.random.key(11), 0), (BATCH, D))
+    loss = lambda w: 0.5 * jnp.mean((jnp.tanh(xb @ w / jnp.sqrt(D)) @ v / N - mf.teacher_apply(teacher, xb)) ** 2)
+    np.testing.assert_allclose(w_one, w0 - 0.2 * N * jax.grad(loss)(w0), rtol=1e-5, atol=1e-6)
+
+
+def test_coupling_distance_vanishes_when_the_system_is_the_reference(teacher):
+    res = mf.coupling_experiment(jax.random.key(13), teacher, D, [8, WIDTH], WIDTH, 0.2, 2.0, BATCH, 2)
+    assert res.coupled.shape == (2, 2) and res.uncoupled.shape == (2, 2) and res.num_steps == 10
+    np.testing.assert_allclose(res.coupled[:, 1], 0.0, atol=1e-6)   # N = n_ref: the same system
+    assert np.all(res.coupled[:, 0] > 0)
+    assert np.all(res.uncoupled > 10 * res.coupled[:, :1])        # without the coupling: O(1) apart
+
+
+def test_field_difference_variance_is_sigma2_times_1_over_n_minus_1_over_nref():
+    """The prediction behind the coupling rate: Var(f_N - f_ref) = sigma^2 (1/N - 1/n_ref) at t = 0."""
+    rng = np.random.default_rng(0)
+    N, n_ref, reps = 16, 64, 20_000
+    x = rng.standard_normal(D)
+    w = rng.standard_normal((reps, n_ref, D))
+    v = rng.standard_normal((reps, n_ref))
+    terms = v * np.tanh(w @ x / np.sqrt(D))                      # (reps, n_ref) i.i.d. per row
+    diff = terms[:, :N].mean(1) - terms.mean(1)
+    predicted = terms.var() * (1 / N - 1 / n_ref)
+    assert abs(diff.var() / predicted - 1) < 0.05               # ~ 4 standard errors of a variance over 2e4 draws

@@ -128,3 +128,27 @@ def limit_floor():
     _, floor, (m, r, q) = rank_deficient_floor()
     per_dim = floor.subs({m: alpha * d, r: (beta - alpha) * d, q: (beta - alpha) * d}) / d
     return sp.factor(sp.limit(per_dim, d, sp.oo)), (alpha, beta)
+
+
+def surplus_tail():
+    """Late-time tail of the high-dimensional limit r(t) = lim R/d for alpha > beta (orthonormal setting).
+
+    Once every teacher direction is aligned, what is left is the mass sigma = alpha - beta of unpaired
+    student directions of size s (ds/dt = -4 (s^2 + lambda) s) and the teacher directions, sitting
+    quasi-statically at D = -lambda (their rate ~8 is fast against the 1/t of the tail). The frozen
+    trace (tr D = 0 per dimension: -beta lambda + sigma s^2 = 0) gives lambda = sigma s^2 / beta, so
+    d(1/s^2)/dt = 8 c with c = alpha / beta; from s(0)^2 = beta / alpha,
+    s(t)^2 = beta / (alpha (1 + 8 t)) and r = beta lambda^2 + sigma s^4.
+
+    Returns dict(r=(alpha - beta) beta / (alpha (1 + 8t)^2), c, lam, s2, residual (the ODE for s^2
+    minus its solution, simplified: 0), symbols (alpha, beta, t)).
+    """
+    alpha, beta, t, s2 = sp.symbols("alpha beta t s2", positive=True)
+    sigma = alpha - beta
+    lam = sp.solve(sp.Eq(-beta * sp.Symbol("lam") + sigma * s2, 0), sp.Symbol("lam"))[0]
+    c = sp.simplify(1 + lam / s2)                                    # d(s^2)/dt = -8 c s^4
+    s2_t = 1 / (alpha / beta + 8 * c * t)
+    residual = sp.simplify(sp.diff(s2_t, t) + 8 * c * s2_t**2)
+    assert sp.simplify(s2_t.subs(t, 0) - beta / alpha) == 0
+    r = sp.factor(sp.simplify((beta * lam**2 + sigma * s2**2).subs(s2, s2_t)))
+    return dict(r=r, c=c, lam=lam, s2=sp.simplify(s2_t), residual=residual, symbols=(alpha, beta, t))

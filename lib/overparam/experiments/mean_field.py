@@ -18,7 +18,18 @@ Two step-size regimes, eta_N = eta0 (N0 / N)^kappa (``step_size``):
 kappa > 0 (the step vanishes as N grows): the particles follow a deterministic mean-field flow,
 and two independent runs differ by O(N^-1/2) (initial sampling) + O(eta_N^1/2) (SGD noise);
 kappa = 0 (constant step): the SGD noise is common to all particles (every neuron sees the same
-minibatch), does not average out over N, and keeps independent runs apart at O(eta^1/2).
+minibatch), does not average out over N, and keeps independent runs apart at O(eta^1/2). The
+limit is then a common-noise mean-field dynamics with a *random* limiting measure (the stochastic
+modified flows of Gess, Kassing and Konarovskyi). It is not the non-vanishing-step regime of De
+Bortoli et al. (2020): their continuous-time model gives every neuron an independent noise, and
+its limiting measure, hence f, is deterministic in both of their regimes.
+
+Propagation of chaos (``coupling_experiment``): the first layer only is trained, as in De Bortoli
+et al.; an N-particle system and a reference system of n_ref >> N particles start from the same
+first N particles and see the same minibatches (a synchronous coupling); the reference's first N
+particles stand in for independent McKean-Vlasov particles driven by the limit field (the limit
+conditional on the common minibatch noise), and sqrt(mean_k |w_k^N(T) - w_k^ref(T)|^2) bounds
+the Wasserstein-2 distance between the particle system and that limit.
 
 Padding: a particle with w_k = 0 and v_k = 0 has zero gradient and contributes nothing, so a
 width-N student is stored as a width-N_pad network whose last N_pad - N particles are zero;
@@ -225,3 +236,76 @@ def rms(values) -> float:
     """Root mean square of an array (how discrepancies over pairs of runs are averaged)."""
     values = np.asarray(values, dtype=float)
     return float(np.sqrt(np.mean(values**2)))
+
+
+# ---------------------------------------------------------------- propagation of chaos, first layer only
+@partial(jax.jit, static_argnames=("batch_size",))
+def first_layer_sgd(w0, v, teacher_params, data_key, eta, N, num_steps, *, batch_size: int):
+    """Online SGD with the mean-field step on the first layer only, the output weights v frozen -> w(T).
+
+    w0: (d, width) first-layer weights (column k is w_k), v: (width, 1) output weights; slots k >= N
+    must hold v_k = 0 (they then contribute nothing and receive no gradient). The student is
+    f(x) = (1/N) sum_k v_k tanh(w_k^T x / sqrt d) (``student_spec`` rescaled by width / N, as in
+    ``student_apply``); the step is ``w - eta * N * grad_w`` of the half-MSE on the fresh minibatch
+    of ``_fresh_samples`` (two runs with the same data_key see the same samples). ``run_loop``
+    with plain SGD, no records; every argument but batch_size is traced (``jax.vmap`` over runs works).
+    """
+    d, width = w0.shape
+    spec = student_spec(d, width)
+    apply = lambda w, x: spec({"layers": {0: {"w": w}, 1: {"w": v}}}, x) * (width / N)
+    loss = lambda w, x, y: mse_loss(apply(w, x), y)
+    result = run_loop(loss, w0, optax.sgd(eta * N), num_steps, data=(data_key, teacher_params),
+                      batches=_fresh_samples(batch_size, d), record_every=None, divergence_threshold=None)
+    return result.params
+
+
+@dataclasses.dataclass(frozen=True)
+class Coupling:
+    """Coupling distances at time T between N-particle systems and a reference of n_ref particles.
+
+    widths: (W,) the N; coupled: (G, W) sqrt(mean_{k<N} |w_k^N(T) - w_k^ref(T)|^2) per group of
+    runs, the particle system and the reference started from the same first N particles and fed the
+    same minibatches; uncoupled: (G, W) the same statistic for a particle system started from
+    independent particles (same data stream): what the distance is without the coupling.
+    """
+
+    widths: np.ndarray
+    n_ref: int
+    eta: float
+    num_steps: int
+    coupled: np.ndarray
+    uncoupled: np.ndarray
+
+
+def coupling_experiment(key, teacher, d: int, widths, n_ref: int, eta: float, horizon: float, batch_size: int,
+                        num_groups: int) -> Coupling:
+    """Propagation of chaos measured by synchronous coupling, first layer trained, constant step eta.
+
+    Per group: n_ref particles (w_k ~ N(0, I_d), v_k ~ N(0, 1)) and one data stream; the reference
+    trains all n_ref of them (``first_layer_sgd``, T / eta steps), each N-particle system the first
+    N of them on the same stream (stored at width max(widths): one compilation for all N). Prediction
+    (see chapter 8): coupling distance proportional to sqrt(1/N - 1/n_ref).
+    """
+    widths = [int(N) for N in widths]
+    if not widths or min(widths) < 1 or max(widths) > n_ref:
+        raise ValueError(f"widths={widths} must be positive integers <= n_ref={n_ref}")
+    num_steps = int(round(horizon / eta))
+    if num_steps < 1:
+        raise ValueError(f"horizon={horizon} / eta={eta} gives no step")
+    width = max(widths)
+    k_init, k_other, k_data = jax.random.split(key, 3)
+    ref0 = student_init(jax.random.split(k_init, num_groups), d, n_ref)
+    other0 = student_init(jax.random.split(k_other, num_groups), d, width)
+    w_ref0, v_ref = ref0["layers"][0]["w"][...], ref0["layers"][1]["w"][...]   # (G, d, n_ref), (G, n_ref, 1)
+    w_oth0, v_oth = other0["layers"][0]["w"][...], other0["layers"][1]["w"][...]
+    data_keys = jax.random.split(k_data, num_groups)
+    train = jax.vmap(lambda w, v, k, N: first_layer_sgd(w, v, teacher, k, eta, N, num_steps, batch_size=batch_size),
+                     (0, 0, 0, None))
+    w_ref = train(w_ref0, v_ref, data_keys, n_ref)[:, :, :width]
+    coupled, uncoupled = [], []
+    for N in widths:
+        live = (jnp.arange(width) < N).astype(w_ref0.dtype)
+        dist = lambda w: np.asarray(jnp.sqrt(jnp.sum((w - w_ref) ** 2 * live, axis=(1, 2)) / N))
+        coupled.append(dist(train(w_ref0[:, :, :width] * live, v_ref[:, :width] * live[:, None], data_keys, N)))
+        uncoupled.append(dist(train(w_oth0 * live, v_oth * live[:, None], data_keys, N)))
+    return Coupling(np.array(widths), int(n_ref), float(eta), num_steps, np.stack(coupled, 1), np.stack(uncoupled, 1))
