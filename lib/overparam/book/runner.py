@@ -36,7 +36,7 @@ from overparam.book.provenance import repo_root
 from overparam.book.scales import check_scale
 
 CHAPTER_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.md$")
-PINNED_FILES = ("requirements.txt", "constraints.txt")
+PINNED_FILES = ("requirements.txt", "requirements-runtime.txt", "constraints.txt")
 
 
 @dataclass(frozen=True)
@@ -298,12 +298,14 @@ def run_chapter(
     force: bool = False,
     timeout_s: int | None = 1800,
     progress=None,
+    kernel_name: str = "python3",
 ) -> ChapterRun:
     """Execute one chapter at ``scale`` (skipped when its cache key is unchanged).
 
     Parameters are validated before anything runs. Execution errors do not
     raise: they come back as ``status="failed"`` with the failing cell.
     ``progress(done, total)``, when given, is called after each code cell of the chapter.
+    ``kernel_name``: the Jupyter kernel that executes it (another environment's kernel, for instance).
     """
     root = Path(root or repo_root())
     source = resolve_chapter(chapter, root)
@@ -352,7 +354,7 @@ def run_chapter(
         try:
             with _environment(**env):
                 pm.execute_notebook(
-                    str(src_nb), str(tmp_out), parameters=params, cwd=str(source.parent), kernel_name="python3",
+                    str(src_nb), str(tmp_out), parameters=params, cwd=str(source.parent), kernel_name=kernel_name,
                     progress_bar=False, log_output=False, execution_timeout=timeout_s,
                     config=_kernel_config(), engine_name=_register_engine(), cell_progress=progress,
                 )
