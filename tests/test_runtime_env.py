@@ -4,6 +4,7 @@ stack, `overparam` and a Jupyter kernel (what a hosted notebook service provides
 
 import json
 import os
+import shutil
 import subprocess
 import venv
 
@@ -24,7 +25,11 @@ def runtime_kernel(tmp_path_factory, monkeypatch_module):
     # ipykernel stands for the hosted service's own kernel; the constraints pin it like everything else
     subprocess.run(pip + ["-r", str(REPO / "requirements-runtime.txt"), "-c", str(REPO / "constraints.txt"),
                           "ipykernel"], check=True)
-    subprocess.run(pip + ["--no-deps", str(REPO)], check=True, cwd=tmp)
+    # overparam from a copy of the sources: a build in the repository would leave build/ behind
+    src = tmp / "src"
+    shutil.copytree(REPO / "lib", src / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copyfile(REPO / "pyproject.toml", src / "pyproject.toml")
+    subprocess.run(pip + ["--no-deps", str(src)], check=True, cwd=tmp)
     kernels = tmp / "jupyter" / "kernels" / "overparam-runtime"
     kernels.mkdir(parents=True)
     # PYTHONPATH emptied: the kernel imports overparam from the runtime environment, not from lib/
