@@ -11,7 +11,7 @@ MATHJAX := book/_vendor/mathjax/tex-chtml.js
 
 .PHONY: install vendor book pdf test test-fast chapter student grade bench bench-peers clean install-cluster replicate
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-runtime.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt

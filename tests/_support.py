@@ -53,7 +53,7 @@ def make_root(tmp_path: Path, chapters: dict[str, str]) -> Path:
     root = tmp_path / "book"
     (root / "chapters").mkdir(parents=True)
     shutil.copytree(REPO / "lib", root / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "_toc.yml", "requirements.txt", "constraints.txt"):
+    for name in ("pyproject.toml", "_toc.yml", "requirements.txt", "requirements-runtime.txt", "constraints.txt"):
         shutil.copyfile(REPO / name, root / name)
     for stem, body in chapters.items():
         (root / "chapters" / f"{stem}.md").write_text(CHAPTER.format(cid=stem[:2], body=body))

@@ -1,11 +1,13 @@
 """The whole book at `smoke` scale: built to HTML, then opened in headless Chromium from 127.0.0.1.
 
-Checks: every page renders, math is typeset by the vendored MathJax, figures load, the
+Checks: every page renders, math is typeset by the vendored MathJax, figures load, each
+chapter's claims are an HTML table with one row per claim, long code lines wrap, the
 scorecard lists claims, and no request leaves 127.0.0.1.
 """
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import threading
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from overparam.book.build import build_book, chapter_title
-from overparam.book.runner import discover_chapters
+from overparam.book.runner import discover_chapters, run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -100,6 +102,19 @@ def test_chapter_page_typesets_math_and_loads_figures(browser, server, stem):
     assert figures, "the chapter shows no figure"
     broken = [src for src, ok in images if not ok]
     assert not broken, f"images failed to load: {broken}"
+    # the claims table that ends the chapter is an HTML table with one row per recorded claim
+    claims = json.loads((run_dir("smoke", REPO) / "results" / f"{stem[:2]}.json").read_text())["claims"]
+    rows = page.evaluate("""() => [...document.querySelectorAll('main table')]
+        .filter(t => [...t.querySelectorAll('thead th')].map(th => th.innerText.trim()).join('|')
+                     === 'claim|statement|measured|predicted|status')
+        .map(t => t.querySelectorAll('tbody tr').length)""")
+    assert rows == [len(claims)], f"claims table rows {rows}, expected one table with {len(claims)} rows"
+    outputs = page.evaluate("() => [...document.querySelectorAll('div.cell_output')].map(o => o.innerText).join(' ')")
+    assert "|---|" not in outputs and "| claim |" not in outputs, "a Markdown table output was rendered as text"
+    # long code and output lines wrap instead of running off the page
+    overflowing = page.evaluate("""() => [...document.querySelectorAll('div.cell_input pre, div.cell_output pre')]
+        .filter(p => p.scrollWidth > p.clientWidth + 2).map(p => p.innerText.slice(0, 60))""")
+    assert not overflowing, f"code lines run off the page: {overflowing[:3]}"
     _assert_local(requests)
     page.close()
 

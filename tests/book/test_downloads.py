@@ -1,8 +1,11 @@
 """Downloadable notebooks: the clean copy has no outputs and installs the pinned requirements first."""
 
-import nbformat
+from pathlib import Path
 
-from overparam.book.downloads import add_downloads, binder_url, clean_notebook, launch_notebook
+import nbformat
+import pytest
+
+from overparam.book.downloads import add_downloads, binder_url, clean_notebook, install_runtime, launch_notebook
 
 
 def _executed():
@@ -24,11 +27,11 @@ def test_clean_notebook_strips_outputs_and_injected_cell():
     assert code.outputs == [] and code.execution_count is None and "papermill" not in code.metadata
 
 
-def test_launch_notebook_installs_pinned_requirements_first():
+def test_launch_notebook_installs_pinned_runtime_first():
     nb = launch_notebook(_executed(), "https://github.com/org/book", "abc123")
     first = nb.cells[0].source
-    assert "requirements.txt" in first and "-c https://raw.githubusercontent.com/org/book/abc123/constraints.txt" in first
-    assert "git+https://github.com/org/book@abc123" in first
+    assert "requirements-runtime.txt" in first and "https://raw.githubusercontent.com/org/book/abc123" in first
+    assert "git+{repo}@{commit}" in first and "'abc123'" in first
 
 
 def test_add_downloads_writes_clean_copy_and_banner(tmp_path):
@@ -40,3 +43,93 @@ def test_add_downloads_writes_clean_copy_and_banner(tmp_path):
     assert binder_url("https://github.com/org/book", "abc123", "chapters/01_x.md") in page.cells[1].source
     assert (tmp_path / "downloads" / "01_x.clean.ipynb").exists()
     assert page.cells[3].outputs, "the executed page keeps its outputs"
+
+
+# ---------------------------------------------------------------- the install cell of the clean notebook
+REPO = Path(__file__).resolve().parents[2]
+TOOLCHAIN = ("jupyter-book", "sphinx", "pytest", "playwright", "papermill", "myst-nb")
+
+
+def _fake_tool(path: Path, script: str) -> str:
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def _gpu(tmp_path, cuda=12):
+    return _fake_tool(tmp_path / "nvidia-smi", f"""if [ "$1" = "-L" ]; then echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"
+else echo "| NVIDIA-SMI 570.1   Driver Version: 570.1   CUDA Version: {cuda}.8 |"; fi
+""")
+
+
+def _install(tmp_path, nvidia_smi, fail_cuda=False, python=None, namespace=None):
+    """Run install_runtime against the repository's own files with a fake pip; returns (pip calls, files read)."""
+    calls, files = [], {}
+
+    def pip(args):
+        calls.append(args)
+        for flag, name in zip(args, args[1:]):
+            if flag in ("-r", "-c"):
+                files[Path(name).name] = Path(name).read_text()
+        if fail_cuda and any(a.startswith("jax[cuda") for a in args):
+            raise RuntimeError("no CUDA wheel for this platform")
+
+    fn = (namespace or {}).get("install_runtime") or install_runtime
+    ran = fn(REPO.as_uri(), "https://github.com/org/book", "abc123", run=pip, nvidia_smi=nvidia_smi, python=python)
+    assert ran == calls
+    return calls, files
+
+
+def test_install_cell_without_gpu_installs_the_runtime_not_the_toolchain(tmp_path):
+    calls, files = _install(tmp_path, str(tmp_path / "absent-nvidia-smi"))
+    assert not any(a.startswith("jax[") for call in calls for a in call), "no CUDA JAX without a GPU"
+    runtime = files["requirements-runtime.txt"]
+    assert "jax==0.10.2" in runtime and "flax==" in runtime
+    assert not any(line.startswith(TOOLCHAIN) for line in runtime.splitlines()), "the build toolchain is not installed"
+    assert calls[-1] == ["--no-deps", "overparam @ git+https://github.com/org/book@abc123"]
+
+
+def test_requirements_include_the_runtime_file():
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    assert "-r requirements-runtime.txt" in lines
+    runtime = [line for line in (REPO / "requirements-runtime.txt").read_text().splitlines() if "==" in line]
+    assert not set(runtime) & set(lines), "a runtime pin is repeated in requirements.txt"
+    constraints = set((REPO / "constraints.txt").read_text().splitlines())
+    assert set(runtime) <= constraints, "every runtime pin is also a constraint"
+
+
+@pytest.mark.parametrize("cuda, extra", [(12, "cuda12"), (13, "cuda13")])
+def test_install_cell_with_gpu_installs_cuda_jax_in_the_same_pip_call(tmp_path, cuda, extra):
+    calls, _ = _install(tmp_path, _gpu(tmp_path, cuda))
+    first = calls[0]
+    assert first[:2] == ["-r", first[1]] and first[-1] == f"jax[{extra}]==0.10.2", first
+
+
+def test_install_cell_keeps_a_working_gpu_jax_when_cuda_jax_does_not_install(tmp_path):
+    python = _fake_tool(tmp_path / "python", "echo gpu\n")  # the runtime's own JAX runs on the GPU
+    calls, files = _install(tmp_path, _gpu(tmp_path), fail_cuda=True, python=python)
+    assert len(calls) == 3 and calls[1][0] == "-r"
+    kept = files["requirements-no-jax.txt"] + files["constraints-no-jax.txt"]
+    assert "jax==" not in kept and "jaxlib==" not in kept and "flax==0.12.8" in kept
+    # with no working GPU JAX to keep, the failure is reported, not hidden
+    cpu_python = _fake_tool(tmp_path / "python-cpu", "echo cpu\n")
+    with pytest.raises(RuntimeError, match="no CUDA wheel"):
+        _install(tmp_path, _gpu(tmp_path), fail_cuda=True, python=cpu_python)
+
+
+def test_install_cell_is_self_contained():
+    """The clean notebook's first cell defines install_runtime and calls it, without importing the book."""
+    import ast
+
+    cell = launch_notebook(_executed(), "https://github.com/org/book", "abc123").cells[0].source
+    tree = ast.parse(cell)
+    call = tree.body[-1].value
+    assert call.func.id == "install_runtime"
+    assert [a.value for a in call.args] == ["https://raw.githubusercontent.com/org/book/abc123",
+                                            "https://github.com/org/book", "abc123"]
+    assert "overparam" not in {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                               if getattr(n, "names", None)} and "from overparam" not in cell
+    namespace = {}
+    exec(compile(ast.Module(body=tree.body[:-1], type_ignores=[]), "<cell>", "exec"), namespace)
+    calls, _ = _install(Path("."), "/absent/nvidia-smi", namespace=namespace)
+    assert calls[-1][-1] == "overparam @ git+https://github.com/org/book@abc123"

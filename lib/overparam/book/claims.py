@@ -465,7 +465,9 @@ class ClaimRecorder:
             within = "" if c.status != RECORDED else (" (within)" if c.within else " (outside)")
             if c.known_failure and not c.within:
                 within += " (known, explained in the text)"
-            rows.append(f"| `{c.id}` | {c.statement} | {c.measured:.4g} | {c.prediction_text} | {STATUS_MARK[c.status]}{within} |")
+            cells = [f"`{c.id}`", c.statement, f"{c.measured:.4g}", c.prediction_text, f"{STATUS_MARK[c.status]}{within}"]
+            # a bare | inside a cell (|a - b| in a statement) would start a new column
+            rows.append("| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
         return "\n".join(rows)
 
     def report(self):

@@ -1,8 +1,9 @@
 """Per-chapter downloads and launch links for the HTML book.
 
 Each chapter page gets a banner offering the executed notebook (with outputs), a clean
-notebook (no outputs) whose first cell installs the project's pinned requirements (for any
-hosted notebook service: upload it and run), and a Binder launch link (Binder installs
+notebook (no outputs) whose first cell installs the chapters' pinned runtime
+(``requirements-runtime.txt``, with the CUDA build of JAX where there is a GPU; for any hosted
+notebook service: upload it and run), and a Binder launch link (Binder installs
 ``requirements.txt`` itself and opens the MyST source as a notebook through jupytext).
 """
 
@@ -14,11 +15,103 @@ from urllib.parse import quote
 
 import nbformat
 
-INSTALL_CELL = """# Run this first on a hosted service (Colab, Binder, JupyterHub): installs the book's pinned packages
-# and its library `overparam` at the commit that produced the published book.
-%pip install -q -r {raw}/requirements.txt -c {raw}/constraints.txt
-%pip install -q --no-deps "overparam @ git+{repo}@{commit}"
-"""
+def install_runtime(raw: str, repo: str, commit: str, run=None, nvidia_smi: str = "nvidia-smi",
+                    python: str | None = None) -> list[list[str]]:
+    """Install the chapters' runtime on a hosted notebook service; the clean notebooks' first cell runs this
+    function's source, so it imports nothing from the book (it runs before ``overparam`` is installed).
+
+    ``raw``: where ``requirements-runtime.txt`` and ``constraints.txt`` are (the raw files of the repository at
+    ``commit``). The science stack and ``overparam`` are installed, never the build toolchain. When
+    ``nvidia_smi`` lists a GPU, the CUDA build of the pinned JAX (``jax[cuda12]`` or ``jax[cuda13]``,
+    after the driver's CUDA version) is installed in the same pip call, so a working GPU JAX is never
+    replaced by a CPU one; if that install fails and the runtime's own JAX already runs on the GPU, the
+    runtime is installed without the JAX pins and the runtime's JAX is kept. ``run(args)`` runs one
+    ``pip install`` and ``python`` is the interpreter whose JAX is probed (tests pass fakes for both and for
+    ``nvidia_smi``). Returns the pip argument lists it ran.
+    """
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+
+    if run is None:
+        def run(args):
+            subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *args])
+
+    def read(name):
+        with urllib.request.urlopen(f"{raw}/{name}") as f:
+            return f.read().decode()
+
+    def gpu_cuda_major():
+        """The driver's CUDA major version when nvidia-smi lists a GPU, else None."""
+        if shutil.which(nvidia_smi) is None:
+            return None
+        listed = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True)
+        if listed.returncode != 0 or "GPU" not in listed.stdout:
+            return None
+        found = re.search(r"CUDA Version:\s*(\d+)", subprocess.run([nvidia_smi], capture_output=True, text=True).stdout)
+        return int(found.group(1)) if found else 12
+
+    def jax_on_gpu():
+        probe = "import jax; print(jax.default_backend())"
+        out = subprocess.run([python or sys.executable, "-c", probe], capture_output=True, text=True)
+        return out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == ["gpu"]
+
+    folder = tempfile.mkdtemp(prefix="overparam-")
+    requirements, constraints = f"{folder}/requirements-runtime.txt", f"{folder}/constraints.txt"
+    text = read("requirements-runtime.txt")
+    with open(requirements, "w") as f:
+        f.write(text)
+    with open(constraints, "w") as f:
+        f.write(read("constraints.txt"))
+    jax_pin = next(line.split("==")[1].strip() for line in text.splitlines() if line.startswith("jax=="))
+    cuda = gpu_cuda_major()
+    had_gpu_jax = cuda is not None and jax_on_gpu()
+    ran = []
+    args = ["-r", requirements, "-c", constraints]
+    if cuda is None:
+        print("No GPU found (nvidia-smi): installing the CPU build of JAX.")
+    else:
+        extra = "cuda13" if cuda >= 13 else "cuda12"
+        print(f"GPU found (CUDA {cuda}): installing jax[{extra}]=={jax_pin}.")
+        args.append(f"jax[{extra}]=={jax_pin}")
+    try:
+        ran.append(args)
+        run(args)
+    except Exception as exc:
+        if not had_gpu_jax:
+            raise
+        print(f"The CUDA build of jax=={jax_pin} did not install ({exc}); keeping this runtime's GPU JAX.")
+        kept = f"{folder}/requirements-no-jax.txt"
+        with open(kept, "w") as f:
+            f.write("".join(line + "\n" for line in text.splitlines() if not line.startswith(("jax==", "jaxlib=="))))
+        # the constraints pin jax and jaxlib too: the science stack is installed against the runtime's JAX
+        loose = f"{folder}/constraints-no-jax.txt"
+        with open(loose, "w") as f:
+            f.write("".join(line + "\n" for line in read("constraints.txt").splitlines()
+                            if not line.startswith(("jax==", "jaxlib=="))))
+        args = ["-r", kept, "-c", loose]
+        ran.append(args)
+        run(args)
+    package = ["--no-deps", f"overparam @ git+{repo}@{commit}"]
+    ran.append(package)
+    run(package)
+    print("Installed. If pip replaced a package this runtime had already imported, restart the runtime once.")
+    return ran
+
+
+def install_cell(repo_url: str, commit: str) -> str:
+    """The source of the clean notebook's first cell: ``install_runtime`` and the call for this commit."""
+    import inspect
+
+    raw = repo_url.replace("https://github.com/", "https://raw.githubusercontent.com/").rstrip("/") + f"/{commit}"
+    return ("# Run this first on a hosted service (Colab, Kaggle, Binder, JupyterHub): installs the chapters'\n"
+            "# pinned science stack (the CUDA build of JAX when the runtime has a GPU) and the book's library\n"
+            "# `overparam` at the commit that produced the published book. Locally, use `make install` instead.\n"
+            + inspect.getsource(install_runtime)
+            + f"\n\ninstall_runtime({raw!r}, {repo_url!r}, {commit!r})\n")
 
 
 def clean_notebook(nb):
@@ -37,8 +130,7 @@ def clean_notebook(nb):
 def launch_notebook(nb, repo_url: str, commit: str):
     """The clean notebook with a first cell that installs the pinned requirements."""
     nb = clean_notebook(nb)
-    raw = repo_url.replace("https://github.com/", "https://raw.githubusercontent.com/").rstrip("/") + f"/{commit}"
-    nb.cells.insert(0, nbformat.v4.new_code_cell(INSTALL_CELL.format(raw=raw, repo=repo_url, commit=commit)))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(install_cell(repo_url, commit)))
     return nb
 
 

@@ -36,7 +36,7 @@ from overparam.book.provenance import repo_root
 from overparam.book.scales import check_scale
 
 CHAPTER_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.md$")
-PINNED_FILES = ("requirements.txt", "constraints.txt")
+PINNED_FILES = ("requirements.txt", "requirements-runtime.txt", "constraints.txt")
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,49 @@ def _environment(**values: str):
                 os.environ[k] = v
 
 
+def _kernel_config():
+    """Kernel settings for executing chapters: the kernel's channels are encrypted (CurveZMQ) when its
+    kernelspec supports it, which also keeps ipykernel from warning, at every chapter, that it runs
+    over TCP without encryption."""
+    from traitlets.config import Config
+
+    import zmq
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}}) if zmq.has("curve") else Config()
+
+
+_ENGINE = "overparam"
+
+
+def _register_engine() -> str:
+    """Register (once) a papermill engine that reports each finished code cell to ``cell_progress(done, total)``
+    (an optional keyword of ``papermill.execute_notebook``); returns its name."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    if _ENGINE in papermill_engines._engines:
+        return _ENGINE
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, cell_progress=None, **kwargs):
+            if cell_progress is not None:
+                code = {i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"}
+                done, complete = set(), nb_man.cell_complete
+
+                def cell_complete(cell, cell_index=None, **kw):
+                    result = complete(cell, cell_index=cell_index, **kw)
+                    if cell_index in code:
+                        done.add(cell_index)
+                        cell_progress(len(done), len(code))
+                    return result
+
+                nb_man.cell_complete = cell_complete
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(_ENGINE, ProgressEngine)
+    return _ENGINE
+
+
 def _hide_injected_cell(nb_path: Path) -> None:
     """Remove papermill's injected-parameters cell from the rendered page (the scale shows in the claims)."""
     import nbformat
@@ -254,11 +297,15 @@ def run_chapter(
     out: Path | None = None,
     force: bool = False,
     timeout_s: int | None = 1800,
+    progress=None,
+    kernel_name: str = "python3",
 ) -> ChapterRun:
     """Execute one chapter at ``scale`` (skipped when its cache key is unchanged).
 
     Parameters are validated before anything runs. Execution errors do not
     raise: they come back as ``status="failed"`` with the failing cell.
+    ``progress(done, total)``, when given, is called after each code cell of the chapter.
+    ``kernel_name``: the Jupyter kernel that executes it (another environment's kernel, for instance).
     """
     root = Path(root or repo_root())
     source = resolve_chapter(chapter, root)
@@ -307,8 +354,9 @@ def run_chapter(
         try:
             with _environment(**env):
                 pm.execute_notebook(
-                    str(src_nb), str(tmp_out), parameters=params, cwd=str(source.parent), kernel_name="python3",
+                    str(src_nb), str(tmp_out), parameters=params, cwd=str(source.parent), kernel_name=kernel_name,
                     progress_bar=False, log_output=False, execution_timeout=timeout_s,
+                    config=_kernel_config(), engine_name=_register_engine(), cell_progress=progress,
                 )
             results = tmp_res / f"{cid}.json"
             if not results.exists():
@@ -337,6 +385,25 @@ def run_chapter(
     return run
 
 
+PROGRESS_EVERY_S = 20.0
+
+
+def cell_progress_log(prefix: str, log=print, every_s: float | None = None):
+    """A ``progress(done, total)`` callback for ``run_chapter`` that logs ``<prefix>: cell 12/31 done, 45 s``
+    at most every ``every_s`` seconds (default ``PROGRESS_EVERY_S``), so a long chapter shows where it is."""
+    every_s = PROGRESS_EVERY_S if every_s is None else every_s
+    t0 = time.perf_counter()
+    last = [t0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every_s and done < total:
+            last[0] = now
+            log(f"{prefix}: cell {done}/{total} done, {now - t0:.0f} s", flush=True)
+
+    return progress
+
+
 def run_chapters(
     chapters: list[str] | None = None,
     scale: str = "ci",
@@ -359,7 +426,8 @@ def run_chapters(
     runs, t_start = [], time.perf_counter()
     for i, s in enumerate(sources, 1):
         log(f"[{i}/{len(sources)}] {s.stem} ({scale}) running ...", flush=True)
-        run = run_chapter(s.stem, scale, overrides, root=root, out=out, force=force)
+        run = run_chapter(s.stem, scale, overrides, root=root, out=out, force=force,
+                          progress=cell_progress_log(f"[{i}/{len(sources)}] {s.stem}", log))
         runs.append(run)
         elapsed = time.perf_counter() - t_start
         if run.status == "failed":
