@@ -90,3 +90,29 @@ def test_report_measures_distance_and_kink_crossings():
     np.testing.assert_allclose(np.asarray(r.param_distance), np.asarray(r.param_distance_linear), rtol=0.2)
     # identical at init, so the linear model is the same for both
     np.testing.assert_allclose(np.asarray(frozen.f_lin_test), np.asarray(r.f_lin_test), rtol=1e-5, atol=1e-6)
+
+
+def test_skip_bottleneck_hessian_norm_matches_the_dense_hessian():
+    from overparam.experiments.transition_to_linearity import (hessian_norm_skip_bottleneck, skip_bottleneck_init,
+                                                               skip_bottleneck_net)
+    keys, xs = jax.random.split(jax.random.key(4), 2), normal((2, 3), 5)
+    with jax.enable_x64(True):
+        norms = hessian_norm_skip_bottleneck(3, 4, 2, 48, keys, xs)   # 48 parameters: Lanczos is exact
+        for s in range(2):
+            p = jax.tree.map(lambda a: a.astype(jnp.float64), skip_bottleneck_init(keys[s], 3, 4, 2))
+            assert skip_bottleneck_net(p, xs).shape == (2, 1)
+            for i in range(2):
+                h = hessian_full(lambda q: skip_bottleneck_net(q, xs[i:i + 1])[0, 0], p)
+                assert float(norms[s, i]) == pytest.approx(float(jnp.max(jnp.abs(jnp.linalg.eigvalsh(h)))), rel=1e-6)
+
+
+def test_nonlinear_output_keeps_an_order_one_hessian_and_still_trains():
+    from overparam.experiments.transition_to_linearity import nonlinear_output_sweep
+    x, xh = normal((8, 4), 1), normal((2, 4), 2)
+    y = jnp.sin(x[:, :1])
+    keys = jax.random.split(jax.random.key(5), 2)
+    hess_narrow, _ = nonlinear_output_sweep((4, 64, 1), 10, 20, keys, x, y, xh)
+    hess_wide, ratio = nonlinear_output_sweep((4, 4096, 1), 200, 20, keys, x, y, xh)
+    assert hess_wide.shape == (2, 2) and ratio.shape == (2,)
+    assert float(hess_wide.mean()) > 0.5 * float(hess_narrow.mean())   # no 1/sqrt(m) decay (that would be 1/8)
+    assert float(ratio.max()) < 0.05

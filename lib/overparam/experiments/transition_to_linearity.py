@@ -206,3 +206,79 @@ def expected_hessian_norm_two_layer(activation, widths, key, num_samples=2**20):
         weights = np.diff(levels**m)   # P(the max of m draws is the k-th order statistic)
         out.append(float(weights @ g) / np.sqrt(m))
     return np.array(out)
+
+
+def skip_bottleneck_init(key, d: int, m: int, k: int):
+    """Params of the tanh DAG network ``skip_bottleneck_net``: a dict of N(0, 1) arrays.
+
+    w1 (d, m), w2 (m, k), w3 (k, m), skip (m, m), v (m, 1). NTK parameterization: every
+    pre-activation divides by the square root of its neuron's in-degree.
+    """
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    normal = jax.random.normal
+    return dict(w1=normal(k1, (d, m)), w2=normal(k2, (m, k)), w3=normal(k3, (k, m)), skip=normal(k4, (m, m)),
+                v=normal(k5, (m, 1)))
+
+
+def skip_bottleneck_net(params, x):
+    """d -> m -> k -> m -> 1 with a skip connection from the first hidden layer into the third: (N, d) -> (N, 1).
+
+    h1 = tanh(x W1 / sqrt(d)) (m units, in-degree d), h2 = tanh(h1 W2 / sqrt(m)) (the bottleneck,
+    k units, in-degree m), h3 = tanh((h2 W3 + h1 S) / sqrt(k + m)) (m units, in-degree k + m),
+    f = h3 v / sqrt(m). Without S the third layer's in-degree would be k; with it the minimum
+    in-degree beyond the first layer is m.
+    """
+    d, m = params["w1"].shape
+    k = params["w2"].shape[1]
+    h1 = jnp.tanh(x @ params["w1"] / jnp.sqrt(d))
+    h2 = jnp.tanh(h1 @ params["w2"] / jnp.sqrt(m))
+    h3 = jnp.tanh((h2 @ params["w3"] + h1 @ params["skip"]) / jnp.sqrt(k + m))
+    return h3 @ params["v"] / jnp.sqrt(m)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def hessian_norm_skip_bottleneck(d, m, k, num_iters, keys, xs):
+    """||d^2 f(x)/d theta^2||_2 of ``skip_bottleneck_net`` at initialization: (S, M) for S ``keys``, M inputs ``xs``."""
+    params = jax.vmap(lambda key: skip_bottleneck_init(key, d, m, k))(keys)
+    lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
+
+    def per_seed(p, key):
+        return jax.vmap(lambda x: model_hessian_spectral_norm(skip_bottleneck_net, p, x, key, num_iters))(xs)
+
+    return jax.vmap(per_seed)(params, lanczos_keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class NonlinearOutput:
+    """f(theta; x) = phi(g(theta; x)), phi(u) = u + tanh(u) / 2, g = ``spec`` (hashable by value: a static jit argument).
+
+    phi' in [1, 3/2] (so phi is invertible and every target is reachable) and phi'' = -tanh sech^2
+    is of order one: the Hessian phi'(g) d^2 g + phi''(g) grad g grad g^T keeps an order-one rank-one
+    part however wide g is. Output (N, 1) like ``spec``.
+    """
+
+    spec: MLPSpec
+
+    def __call__(self, params, x):
+        g = self.spec(params, x)
+        return g + 0.5 * jnp.tanh(g)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def nonlinear_output_sweep(widths, num_steps, num_iters, keys, x_train, y_train, x_hess):
+    """Hessian norm at init (S, M) and loss ratio L_T / L_0 after GD (S,) for ``NonlinearOutput`` of a two-layer ReLU net.
+
+    lr = 1/2 * 2N / lambda_max(K_f(theta_0)), the same rule as ``train_vs_linear``.
+    """
+    net = NonlinearOutput(MLPSpec(widths, "relu", "ntk", use_bias=False))
+    params0 = net.spec.init_ensemble(keys)
+    lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
+
+    def one(p0, key):
+        hess = jax.vmap(lambda x: model_hessian_spectral_norm(net, p0, x, key, num_iters))(x_hess)
+        lr = 0.5 * max_stable_lr(ntk_vjp_jvp(net, p0, x_train))
+        result = train_gd(batch_loss(net), p0, lr, num_steps, record_every=num_steps, data=(x_train, y_train))
+        loss0 = batch_loss(net)(p0, x_train, y_train)
+        return hess, result.final_loss / loss0
+
+    return jax.vmap(one)(params0, lanczos_keys)
