@@ -107,3 +107,36 @@ def linear_model_gd_step():
     eta, lam, N = sp.symbols("eta lambda N", positive=True)
     r0 = sp.Symbol("r_0", real=True)
     return r0 * (1 - eta * lam / N) ** k, (k, eta, lam, N, r0)
+
+
+def hessian_unit_block():
+    """The Hessian of one unit's term restricted to span{(x/||x||, 0), (0, e_i)}, and its eigenvalues.
+
+    The two-layer Hessian is block diagonal over hidden units (``hessian_blocks``): unit i's block,
+    in its parameters (w_i, v_i), is [[a x x^T, b x], [b x^T, 0]] with a = v_i sigma''(z_i) / (d sqrt(m))
+    and b = sigma'(z_i) / sqrt(d m). It vanishes on the complement of x in w_i-space, and on the
+    two-dimensional span above it is the 2x2 matrix [[a ||x||^2, b ||x||], [b ||x||, 0]].
+    Returns (block, eigenvalues, (a, b, x_norm)).
+    """
+    a, b = sp.symbols("a b", real=True)
+    x_norm = sp.Symbol("\\|x\\|", positive=True)
+    block = sp.Matrix([[a * x_norm**2, b * x_norm], [b * x_norm, 0]])
+    return block, list(block.eigenvals().keys()), (a, b, x_norm)
+
+
+def hessian_norm_exact():
+    """Exact spectral norm of the two-layer Hessian for any twice-differentiable activation.
+
+    ||H||_2 = max_i g(v_i, z_i) / sqrt(m) when ||x||^2 = d, with
+    g(v, z) = (|v sigma''(z)| + sqrt(v^2 sigma''(z)^2 + 4 sigma'(z)^2)) / 2,
+    the largest |eigenvalue| of unit i's 2x2 block (``hessian_unit_block``) after substituting
+    a ||x||^2 = v sigma''(z) / sqrt(m), b ||x|| = sigma'(z) / sqrt(m). For ReLU (sigma'' = 0,
+    sigma' = 1 on active units) it is 1 / sqrt(m), i.e. ||x|| / sqrt(d m).
+    Returns (g, (v, s1, s2)) with s1 = sigma'(z), s2 = sigma''(z).
+    """
+    block, eigs, (a, b, x_norm) = hessian_unit_block()
+    v, s1, s2 = sp.symbols("v \\sigma' \\sigma''", real=True)
+    # |largest eigenvalue in magnitude| of [[p, q], [q, 0]] is (|p| + sqrt(p^2 + 4 q^2)) / 2
+    p, q = sp.symbols("p q", real=True)
+    g = (sp.Abs(p) + sp.sqrt(p**2 + 4 * q**2)) / 2
+    return g.subs({p: v * s2, q: s1}), (v, s1, s2)
