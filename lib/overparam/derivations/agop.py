@@ -18,6 +18,13 @@ batch step is unstable iff eta > 2 b / mu_max(K_B). For a kernel with mean off-d
 c and diagonal c + delta, K_B ~ c 1 1^T + delta I and mu_max / b = c + delta / b: the
 threshold 2 / (c + delta / b) grows with b. The kernel change in a catapult is the uv-model
 result of chapter 3 (``kernel_change_uv``).
+
+Part 3, mean-square stability. The per-batch threshold concerns one batch's loss; training is
+unstable when E[r r^T] of the training-set residual grows under linearized SGD (Wu, Ma & E 2018).
+``batch_inclusion_probabilities`` gives the batch moments, ``mean_square_map_isotropic`` the
+second-moment map on span{1 1^T, I} for K = c 1 1^T + delta I, and
+``mean_square_critical_lr_isotropic`` its threshold eta_ms(b) in closed form (the numerical
+threshold for any kernel is ``overparam.experiments.sgd_spikes.ms_critical_lr``).
 """
 
 from __future__ import annotations

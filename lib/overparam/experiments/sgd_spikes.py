@@ -12,7 +12,13 @@ eigenvector, so a GD step on the set is unstable along it iff lr > 2 / (mu_max /
 Batches follow ``overparam.training.sgd_batch_indices`` (the batch order of ``train_sgd`` for
 the same key). A spike is found on a loss trajectory by ``detect_spikes``: the loss rises by at
 least a factor ``rise`` above its running minimum (and above ``floor``), and later falls by at
-least ``rise`` from its peak.
+least ``rise`` from its peak; ``spike_free_mask`` and ``control_window_gains`` give the spike-free
+steps and windows that serve as controls.
+
+Which batch sizes spike at all is the mean-square stability of linearized SGD: ``ms_second_moment_map``
+is the map of E[r r^T] over one step, ``ms_critical_lr`` its threshold (derivation and closed form for
+K = c 1 1^T + delta I in ``overparam.derivations.agop``). ``sgd_losses`` runs SGD recording only the
+training loss, for sweeps.
 """
 
 from __future__ import annotations
