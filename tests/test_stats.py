@@ -39,3 +39,11 @@ def test_relative_error():
     assert relative_error([1.0, 1.0], [1.0, 0.0]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shapes differ"):
         relative_error([1.0], [1.0, 2.0])
+
+
+def test_sign_test():
+    from overparam.stats import sign_test
+    assert sign_test([1.0, 2.0, 3.0]) == pytest.approx(1 / 8)
+    assert sign_test([1.0, -2.0, 3.0, 0.0, np.nan]) == pytest.approx(4 / 8)  # zeros and NaN dropped: n = 3, k = 2
+    assert sign_test([-1.0]) == pytest.approx(1.0)
+    assert np.isnan(sign_test([]))

@@ -1,4 +1,4 @@
-"""Small statistics used by claims: log-log slopes, rank correlations, relative errors."""
+"""Small statistics used by claims: log-log slopes, rank correlations, relative errors, the sign test."""
 
 from __future__ import annotations
 
@@ -71,3 +71,18 @@ def relative_error(estimate, reference) -> float:
     if estimate.shape != reference.shape:
         raise ValueError(f"relative_error: shapes differ, {estimate.shape} vs {reference.shape}")
     return float(np.linalg.norm(estimate - reference) / np.linalg.norm(reference))
+
+
+def sign_test(values) -> float:
+    """One-sided sign test: P(K >= k) for K ~ Binomial(n, 1/2), k the number of positive values.
+
+    ``values``: 1-D; zeros and non-finite entries are dropped, n counts the rest. Small p says the
+    values are positive more often than a symmetric null would make them (NaN when n = 0).
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v) & (v != 0)]
+    n, k = v.size, int(np.sum(v > 0))
+    if n == 0:
+        return float("nan")
+    from math import comb
+    return float(sum(comb(n, j) for j in range(k, n + 1)) / 2**n)

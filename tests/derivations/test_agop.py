@@ -97,3 +97,37 @@ def test_kernel_change_uv_matches_simulation():
         assert float(lam2 - lam) == pytest.approx(pred, rel=1e-9)
     _, eta_max = C.linear_model_threshold()
     assert eta_max.free_symbols  # reused, not redefined
+
+
+def test_batch_inclusion_probabilities_match_enumeration():
+    import itertools
+    n, b = 7, 3
+    p1, p2 = A.batch_inclusion_probabilities(n, b)
+    subsets = list(itertools.combinations(range(n), b))
+    assert float(p1) == pytest.approx(sum(0 in s for s in subsets) / len(subsets))
+    assert float(p2) == pytest.approx(sum(0 in s and 1 in s for s in subsets) / len(subsets))
+    sym_p1, sym_p2 = A.batch_inclusion_probabilities()
+    ns, bs = sp.Symbol("N", positive=True, integer=True), sp.Symbol("b", positive=True, integer=True)
+    assert sp.simplify(sym_p1 - bs / ns) == 0 and sp.simplify(sym_p2 - bs * (bs - 1) / (ns * (ns - 1))) == 0
+
+
+def test_mean_square_threshold_isotropic_matches_numerics():
+    """The closed form for c 11^T + delta I equals the power-iteration threshold on the full (N, N) kernel,
+    the restricted 2x2 map equals the full map on S = alpha 11^T + beta I, and b = N gives 2N / mu_max."""
+    from overparam.experiments import sgd_spikes as spikes
+    n, c, delta = 24, 0.3, 0.9
+    k = c * np.ones((n, n)) + delta * np.eye(n)
+    eta_ms = A.mean_square_critical_lr_isotropic()
+    f = to_numeric(eta_ms, sorted(eta_ms.free_symbols, key=str), backend="numpy")  # N, b, c, delta
+    for b in (2, 5, 12, n):
+        assert f(n, b, c, delta) == pytest.approx(spikes.ms_critical_lr(k, b), rel=1e-6)
+        assert 2 / (c + delta / b) - 1e-9 <= f(n, b, c, delta) <= 2 * n / (c * n + delta) + 1e-9
+    assert f(n, n, c, delta) == pytest.approx(2 * n / (c * n + delta), rel=1e-9)
+    t2, _, _ = A.mean_square_map_isotropic()
+    alpha, beta, eta = 0.4, 1.3, 2.1
+    b = 5
+    num = {s.name: s for s in t2.free_symbols}
+    t2n = np.array(t2.subs({num["N"]: n, num["b"]: b, num["c"]: c, num["delta"]: delta, num["eta"]: eta}), dtype=float)
+    out = spikes.ms_second_moment_map(k, eta, b)(alpha * np.ones((n, n)) + beta * np.eye(n))
+    a2, b2 = t2n @ np.array([alpha, beta])
+    np.testing.assert_allclose(out, a2 * np.ones((n, n)) + b2 * np.eye(n), rtol=1e-10, atol=1e-12)

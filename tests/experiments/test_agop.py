@@ -54,3 +54,19 @@ def test_target_agop_numeric():
     np.testing.assert_array_equal(target_agop("hermite2", 3), np.diag([2.0, 0.0, 0.0]))
     with pytest.raises(ValueError, match="allowed"):
         target_agop("x1x3", 3)
+
+
+def test_alignment_split_of_a_network():
+    from overparam.experiments.agop import agop_and_mean_gradient, alignment_split
+    m = MLPSpec((5, 32, 1), "relu", "ntk")
+    p = m.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (200, 5))
+    g, g_bar = agop_and_mean_gradient(m, p, x)
+    jac = input_gradients(m, p, x)[:, 0, :]
+    np.testing.assert_allclose(g_bar[0], jac.mean(0), rtol=1e-5)
+    centered = jac - jac.mean(0)
+    target = jnp.diag(jnp.array([1.0, 1.0, 0, 0, 0]))
+    parts = alignment_split(g, g_bar, target)
+    assert float(parts["align_centered"]) == pytest.approx(float(agop_alignment(centered.T @ centered / 200, target)), rel=1e-4)
+    assert float(parts["align"]) == pytest.approx(float(agop_alignment(g, target)), rel=1e-6)
+    assert 0 < float(parts["mean_share"]) < 1

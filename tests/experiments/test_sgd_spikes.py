@@ -190,3 +190,77 @@ def test_sgd_trajectory_follows_the_step_by_step_definition():
     # the diverging run went far past the loop's default divergence threshold (1e6) and kept its values
     assert float(np.nanmax(np.where(np.isfinite(tr.train_loss[1]), tr.train_loss[1], np.nan))) > 1e6 \
         or not np.all(np.isfinite(tr.train_loss[1]))
+
+
+def _random_kernel(n, seed=0):
+    a = np.random.default_rng(seed).normal(size=(n, n + 3))
+    return a @ a.T / (n + 3) + 0.4
+
+
+def test_second_moment_map_matches_monte_carlo_linear_sgd():
+    """E[r' r'^T] over uniformly drawn batches, by enumeration of all batches, equals the map."""
+    import itertools
+    n, b, lr = 6, 2, 0.7
+    k = _random_kernel(n)
+    s = np.cov(np.random.default_rng(1).normal(size=(n, 20)))
+    ref = np.zeros((n, n))
+    subsets = list(itertools.combinations(range(n), b))
+    for sub in subsets:
+        d = np.zeros((n, n)); d[list(sub), list(sub)] = 1.0
+        a = np.eye(n) - lr / b * k @ d
+        ref += a @ s @ a.T / len(subsets)
+    np.testing.assert_allclose(spikes.ms_second_moment_map(k, lr, b)(s), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_ms_critical_lr_is_where_the_second_moment_stops_contracting():
+    n = 6
+    k = _random_kernel(n, 3)
+
+    def radius(lr, b):
+        t = spikes.ms_second_moment_map(k, lr, b)
+        basis = np.eye(n * n)
+        mat = np.stack([t(e.reshape(n, n)).ravel() for e in basis], axis=1)
+        return np.max(np.abs(np.linalg.eigvals(mat)))
+
+    for b in (1, 2, 3, n):
+        eta = spikes.ms_critical_lr(k, b)
+        assert radius(eta, b) == pytest.approx(1.0, abs=1e-6)
+        assert radius(0.97 * eta, b) < 1 < radius(1.03 * eta, b)
+    assert spikes.ms_critical_lr(k, n) == pytest.approx(2 * n / np.linalg.eigvalsh(k)[-1], rel=1e-6)  # power iteration to 1e-7
+    assert spikes.ms_critical_lr(k, 1) < spikes.ms_critical_lr(k, 3) < spikes.ms_critical_lr(k, n)
+    with pytest.raises(ValueError, match="batch_size"):
+        spikes.ms_critical_lr(k, n + 1)
+
+
+def test_spike_free_mask_and_control_windows():
+    loss = np.array([[1.0, 0.5, 0.4, 0.3, 3.0, 9.0, 4.0, 1.0, 0.2, 0.19, 0.18, 0.17, 0.16, 0.15, 0.14, 0.13, 0.12]])
+    free = spikes.spike_free_mask(loss, rise=5.0)
+    # the spike starts at 3, peaks at 5, ends at 7; the loss is back below 0.3 at step 8
+    assert free[0].tolist() == [True] * 3 + [False] * 6 + [True] * 8
+    metric = np.arange(loss.shape[1], dtype=float)[None] ** 2
+
+    class Trace:
+        train_loss = loss
+        top_loss = np.ones_like(loss)
+        probe_loss = np.ones_like(loss)
+        ntk_top = np.ones_like(loss)
+
+    st = spikes.spike_statistics(Trace, 5.0, floor=0.0, metric=metric)
+    assert st.metric_gain.tolist() == [64.0 - 9.0]
+    # span 5: spike-free windows [s, s + 5] exist for s = 9, 10, 11; s = 9 has the loss nearest 0.3
+    ctrl = spikes.control_window_gains(loss, metric, st, 5.0, floor=0.0)
+    assert ctrl.tolist() == [14.0**2 - 9.0**2]
+    # no room for a control window: NaN
+    short = spikes.control_window_gains(loss[:, :14], metric[:, :14], st, 5.0, floor=0.0)
+    assert np.isnan(short[0])
+
+
+def test_sgd_losses_match_the_trajectory_recorder():
+    x, y, widths, apply_fn, params = _small_problem(2)
+    keys = jax.random.split(jax.random.key(8), 2)
+    lr, steps, b = 0.5, 6, 4
+    losses, p_end = spikes.sgd_losses(apply_fn, params, x, y, lr, keys, b, steps)
+    tr = spikes.sgd_trajectories(apply_fn, params, x, y, lr, keys, b, steps, x[:8], y[:8])
+    np.testing.assert_allclose(losses, tr.train_loss, rtol=1e-5)
+    for a, c in zip(jax.tree.leaves(p_end), jax.tree.leaves(tr.params)):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7)

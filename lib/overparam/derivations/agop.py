@@ -18,6 +18,13 @@ batch step is unstable iff eta > 2 b / mu_max(K_B). For a kernel with mean off-d
 c and diagonal c + delta, K_B ~ c 1 1^T + delta I and mu_max / b = c + delta / b: the
 threshold 2 / (c + delta / b) grows with b. The kernel change in a catapult is the uv-model
 result of chapter 3 (``kernel_change_uv``).
+
+Part 3, mean-square stability. The per-batch threshold concerns one batch's loss; training is
+unstable when E[r r^T] of the training-set residual grows under linearized SGD (Wu, Ma & E 2018).
+``batch_inclusion_probabilities`` gives the batch moments, ``mean_square_map_isotropic`` the
+second-moment map on span{1 1^T, I} for K = c 1 1^T + delta I, and
+``mean_square_critical_lr_isotropic`` its threshold eta_ms(b) in closed form (the numerical
+threshold for any kernel is ``overparam.experiments.sgd_spikes.ms_critical_lr``).
 """
 
 from __future__ import annotations
@@ -145,3 +152,67 @@ def kernel_change_uv():
     _, lam_next = catapult.uv_one_step()
     subs = {catapult.y: 0, catapult.kappa: 1, catapult.x: 1}
     return sp.factor(sp.expand((lam_next - catapult.lam).subs(subs)))
+
+
+# ------------------------------------------- part 3: mean-square stability of linearized SGD
+def batch_inclusion_probabilities(n=None, b=None):
+    """(p1, p2): P(i in B) and P(i, j in B) for i != j, B a uniform b-subset of N points.
+
+    Counted as binomial ratios C(N-1, b-1)/C(N, b) and C(N-2, b-2)/C(N, b) and simplified:
+    p1 = b/N, p2 = b(b-1)/(N(N-1)). E[D_B] = p1 I and E[D_B S D_B] = p2 S + (p1 - p2) diag(S)
+    for the 0/1 diagonal selection matrix D_B.
+    """
+    n = sp.Symbol("N", positive=True, integer=True) if n is None else sp.sympify(n)
+    b = sp.Symbol("b", positive=True, integer=True) if b is None else sp.sympify(b)
+    total = sp.binomial(n, b)
+    p1 = sp.simplify(sp.combsimp(sp.binomial(n - 1, b - 1) / total))
+    p2 = sp.simplify(sp.combsimp(sp.binomial(n - 2, b - 2) / total))
+    return p1, p2
+
+
+def mean_square_map_isotropic():
+    """The second-moment map of linearized SGD restricted to S = alpha 1 1^T + beta I, for K = c 1 1^T + delta I.
+
+    Linearized SGD on the batch loss 1/(2b)|r_B|^2 moves the training residual r (N,) by
+    r' = (I - (eta/b) K D_B) r (D_B selects the batch). Its second moment S = E[r r^T] evolves by
+
+        T(S) = S - (eta/N)(K S + S K) + (eta/b)^2 K (p2 S + (p1 - p2) diag S) K
+
+    (``batch_inclusion_probabilities``). For K = c 1 1^T + delta I the map keeps the algebra
+    spanned by E = 1 1^T (E^2 = N E) and I, where the Perron (PSD) eigenvector lies by symmetry.
+    Returns (T2, L2, Q2): 2x2 matrices acting on (alpha, beta), with T2 = I - eta L2 + eta^2 Q2.
+    """
+    n, b = sp.symbols("N b", positive=True)
+    c, delta, eta = sp.symbols("c delta eta", positive=True)
+    p1, p2 = batch_inclusion_probabilities(n, b)
+    alpha, beta = sp.symbols("alpha beta")
+
+    def mul(u, v):  # (u_E E + u_I I)(v_E E + v_I I), E^2 = N E
+        return (u[0] * v[0] * n + u[0] * v[1] + u[1] * v[0], u[1] * v[1])
+
+    k, s = (c, delta), (alpha, beta)
+    ks, sk = mul(k, s), mul(s, k)
+    lin = tuple((ks[i] + sk[i]) / n for i in range(2))          # L(S) = (K S + S K)/N
+    m = (p2 * alpha, p2 * beta + (p1 - p2) * (alpha + beta))     # diag(S) = (alpha + beta) I
+    quad = tuple(e / b**2 for e in mul(mul(k, m), k))            # Q(S) = K M K / b^2
+
+    def as_matrix(pair):
+        return sp.Matrix([[sp.expand(e).coeff(alpha), sp.expand(e).coeff(beta)] for e in pair])
+
+    l2, q2 = as_matrix(lin), as_matrix(quad)
+    return sp.simplify(sp.eye(2) - eta * l2 + eta**2 * q2), l2.applyfunc(sp.simplify), q2.applyfunc(sp.simplify)
+
+
+def mean_square_critical_lr_isotropic():
+    """eta_ms(b) (a SymPy expression in N, b, c, delta): the learning rate above which E|r|^2 of linearized SGD grows, for K = c 1 1^T + delta I.
+
+    The smallest eta > 0 where T2 has eigenvalue 1: det(eta Q2 - L2) = 0, i.e. eta = 1 / rho(L2^{-1} Q2)
+    (``mean_square_map_isotropic``). Compare the per-batch threshold 2/(c + delta/b) of
+    ``batch_kernel_top`` and the full-batch one 2N/(c N + delta): eta_ms lies between them.
+    """
+    _, l2, q2 = mean_square_map_isotropic()
+    eta = sp.Symbol("eta", positive=True)
+    roots = [sp.simplify(r) for r in sp.solve(sp.Eq((eta * q2 - l2).det(), 0), eta)]
+    n, b, c, delta = sp.symbols("N b c delta", positive=True)
+    sample = {n: 100, b: 10, c: 1, delta: 1}  # the smaller root is the threshold (same branch for all c, delta > 0)
+    return min(roots, key=lambda r: float(r.subs(sample)))

@@ -70,3 +70,25 @@ def target_agop(kind: str, d: int) -> np.ndarray:
     E.g. kind="x1x2": diag(1, 1, 0, ..., 0), rank 2.
     """
     return np.array(agop_sym.target_agop(kind, d).tolist(), dtype=float)
+
+
+def agop_and_mean_gradient(apply_fn, params, x):
+    """(G (d, d), g_bar (d_out, d)): the AGOP over x (N, d) and the mean input Jacobian g_bar = (1/N) sum_i J(x_i)."""
+    jac = input_gradients(apply_fn, params, x)
+    return agop_from_jacobians(jac), jnp.mean(jac, axis=0)
+
+
+def alignment_split(g, g_bar, g_target):
+    """The AGOP alignment and its split by the rank-one mean-gradient part: a dict of scalars.
+
+    G = g_bar^T g_bar + C, with C = E[(J - g_bar)^T (J - g_bar)] the centered AGOP (PSD). Returns
+    align = align(G, G*), align_centered = align(C, G*), mean_share = |g_bar|_F^2 / tr G. A change
+    of align splits exactly into the change of align_centered (how the sensitive directions of the
+    network, once the mean output slope is removed, sit in the target subspace) plus the change of
+    align - align_centered (what the rank-one part costs: near 0 once g_bar is small or aligned).
+    """
+    g_bar = jnp.atleast_2d(g_bar)
+    rank_one = g_bar.T @ g_bar
+    centered = g - rank_one
+    return dict(align=agop_alignment(g, g_target), align_centered=agop_alignment(centered, g_target),
+                mean_share=jnp.sum(g_bar**2) / jnp.trace(g))

@@ -12,7 +12,13 @@ eigenvector, so a GD step on the set is unstable along it iff lr > 2 / (mu_max /
 Batches follow ``overparam.training.sgd_batch_indices`` (the batch order of ``train_sgd`` for
 the same key). A spike is found on a loss trajectory by ``detect_spikes``: the loss rises by at
 least a factor ``rise`` above its running minimum (and above ``floor``), and later falls by at
-least ``rise`` from its peak.
+least ``rise`` from its peak; ``spike_free_mask`` and ``control_window_gains`` give the spike-free
+steps and windows that serve as controls.
+
+Which batch sizes spike at all is the mean-square stability of linearized SGD: ``ms_second_moment_map``
+is the map of E[r r^T] over one step, ``ms_critical_lr`` its threshold (derivation and closed form for
+K = c 1 1^T + delta I in ``overparam.derivations.agop``). ``sgd_losses`` runs SGD recording only the
+training loss, for sweeps.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from threadpoolctl import threadpool_limits
 
 from overparam.curvature import top_eigs_subspace
 from overparam.kernels.empirical import ntk
@@ -164,6 +171,92 @@ def spike_statistics(trace, rise: float = 5.0, floor=None, metric=None) -> Spike
     return SpikeStats(*ints, *floats)
 
 
+def spike_windows(losses, rise: float = 5.0, floor=0.0) -> list[list[tuple[int, int]]]:
+    """For each trajectory of ``losses`` (S, T): the step ranges [start, stop] covered by its spikes.
+
+    Every detected spike counts (complete or not); a complete spike covers ``start`` to the later of
+    ``end`` and its ``return_index`` (the loss back at its pre-spike level), an incomplete one to the
+    end of the trajectory. floor: scalar or (S,), as in ``count_spikes``.
+    """
+    losses = np.asarray(losses, dtype=float)
+    if losses.ndim != 2:
+        raise ValueError(f"losses has shape {losses.shape}; expected (S, T)")
+    floors = np.broadcast_to(np.asarray(floor, dtype=float), losses.shape[:1])
+    out = []
+    for row, fl in zip(losses, floors):
+        spans = []
+        for sp in detect_spikes(row, rise, fl):
+            ret = return_index(row, sp) if sp.complete else None
+            stop = len(row) - 1 if not sp.complete else max(sp.end, ret if ret is not None else len(row) - 1)
+            spans.append((sp.start, stop))
+        out.append(spans)
+    return out
+
+
+def spike_free_mask(losses, rise: float = 5.0, floor=0.0) -> np.ndarray:
+    """Boolean (S, T): True at the steps of each trajectory outside every window of ``spike_windows``."""
+    losses = np.asarray(losses, dtype=float)
+    mask = np.ones(losses.shape, dtype=bool)
+    for i, spans in enumerate(spike_windows(losses, rise, floor)):
+        for a, z in spans:
+            mask[i, a:z + 1] = False
+    return mask
+
+
+def control_window_gains(losses, metric, stats: SpikeStats, rise: float = 5.0, floor=0.0) -> np.ndarray:
+    """One spike-free control window per spike of ``stats``: the change of ``metric`` across it, (num_spikes,).
+
+    For a spike of run i with loss-matched span L = return_index - start, the control window is the
+    window [s, s + L] of the same run that contains no step of any spike window (``spike_free_mask``)
+    and whose first loss is closest (in log) to the spike's pre-spike loss: same run, same duration,
+    same loss level, no spike. Its gain is metric[i, s + L] - metric[i, s]. The loss usually falls
+    across a control window, so its gain includes ordinary fitting progress, which the spike's
+    loss-matched gain excludes: the comparison is conservative for the spike. NaN where the spike
+    never returned to its pre-spike loss, or no spike-free window of that length exists.
+    """
+    losses = np.asarray(losses, dtype=float)
+    metric = np.asarray(metric, dtype=float)
+    free = spike_free_mask(losses, rise, floor)
+    gains = np.full(stats.run.size, np.nan)
+    for j, (i, a, pk) in enumerate(zip(stats.run, stats.start, stats.peak)):
+        ret = return_index(losses[i], Spike(int(a), int(pk), int(pk), 1.0, True))
+        if ret is None:
+            continue
+        span = ret - a
+        t = losses.shape[1]
+        ok = [s for s in range(t - span) if free[i, s:s + span + 1].all() and np.isfinite(losses[i, s])]
+        if not ok:
+            continue
+        ok = np.asarray(ok)
+        s = ok[np.argmin(np.abs(np.log(losses[i, ok]) - np.log(losses[i, a])))]
+        gains[j] = metric[i, s + span] - metric[i, s]
+    return gains
+
+
+# ----------------------------------------------- SGD runs that record only the training loss
+def sgd_losses(apply_fn, params0, x, y, lr, keys, batch_size: int, num_steps: int):
+    """Plain SGD for S seeds at once, recording only the full training loss: (losses (S, T+1), final params).
+
+    The same updates and batches as ``sgd_trajectory`` (``overparam.training.run_loop`` with
+    ``minibatches``; no divergence freeze), without the kernel measurements: cheap enough to
+    sweep batch sizes and learning rates. params0 leaves (S, ...), keys (S,), lr scalar or (S,).
+    """
+    n = x.shape[0]
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and N={n}")
+    num_seeds = jax.tree.leaves(params0)[0].shape[0]
+    lr = jnp.broadcast_to(jnp.asarray(lr, dtype=x.dtype), (num_seeds,))
+    loss_fn = batch_loss(apply_fn, mse_loss)
+
+    def one(p0, eta, k):
+        res = run_loop(loss_fn, p0, optax.sgd(eta), num_steps, data=(x, y),
+                       batches=minibatches(k, batch_size, n, num_steps), full_loss=loss_fn,
+                       divergence_threshold=None)
+        return jnp.append(res.losses, res.final_loss), res.params
+
+    return jax.jit(jax.vmap(one))(params0, lr, keys)
+
+
 # ---------------------------------------------------------- the top of the tangent kernel
 def projected_loss(residual, eigvecs):
     """Half-MSE of the residual r (n,) or (n, 1) restricted to span(eigvecs (n, k)): |U^T r|^2 / (2n)."""
@@ -203,6 +296,74 @@ def batch_critical_lrs(kernel, batch_size: int, key, num_batches: int = 64) -> n
     idx = np.asarray(jnp.argsort(jax.random.uniform(key, (num_batches, n)), axis=1))[:, :batch_size]
     sub = kernel[idx[:, :, None], idx[:, None, :]]  # (num_batches, b, b)
     return 2.0 * batch_size / np.linalg.eigvalsh(sub)[:, -1]
+
+
+# ------------------------------------------------ mean-square stability of linearized SGD
+def _ms_pieces(kernel, batch_size: int):
+    kernel = np.asarray(kernel, dtype=float)
+    n = kernel.shape[0]
+    if kernel.ndim != 2 or kernel.shape[1] != n or n < 2:
+        raise ValueError(f"kernel has shape {kernel.shape}; expected a square (n, n) matrix with n >= 2")
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and N={n}")
+    lam, u = np.linalg.eigh((kernel + kernel.T) / 2)
+    if lam[0] <= 0:
+        raise ValueError(f"kernel must be positive definite (smallest eigenvalue {lam[0]:.3g})")
+    p1, p2 = batch_size / n, batch_size * (batch_size - 1) / (n * (n - 1))
+    return n, lam, u, p1, p2
+
+
+def ms_second_moment_map(kernel, lr, batch_size: int):
+    """The map S -> E[A S A^T], A = I - (lr/b) K D_B, of linearized SGD on the residual, as a function on (N, N).
+
+    Linearized SGD on the batch loss 1/(2b)|r_B|^2 moves the training residual by r' = A r, D_B the
+    0/1 selection of a uniform b-subset (the batches are taken as independent draws: within an epoch
+    they are not, a small effect for N/b >> 1). With p1 = b/N, p2 = b(b-1)/(N(N-1))
+    (``overparam.derivations.agop.batch_inclusion_probabilities``):
+    T(S) = S - (lr/N)(K S + S K) + (lr/b)^2 K (p2 S + (p1 - p2) diag S) K.
+    """
+    n, _, _, p1, p2 = _ms_pieces(kernel, batch_size)
+    k = np.asarray(kernel, dtype=float)
+
+    def t(s):
+        m = p2 * s + (p1 - p2) * np.diag(np.diag(s))
+        return s - (lr / n) * (k @ s + s @ k) + (lr / batch_size) ** 2 * k @ m @ k
+
+    return t
+
+
+def ms_critical_lr(kernel, batch_size: int, iters: int = 300, tol: float = 1e-7) -> float:
+    """The mean-square critical learning rate of linearized SGD (Wu, Ma & E 2018) for the kernel K (N, N).
+
+    E|r_t|^2 grows geometrically iff lr > eta_ms(b). With T = I - lr L + lr^2 Q
+    (``ms_second_moment_map``; L(S) = (K S + S K)/N, Q(S) = K M(S) K / b^2), the threshold is the
+    smallest lr with a PSD fixed point, lr Q(S) = L(S): eta_ms = 1 / rho(L^{-1} Q). L^{-1} Q maps PSD
+    matrices to PSD matrices, so rho is found by power iteration from the identity; L^{-1} is
+    diagonal in the eigenbasis of K (S_ij -> N S_ij / (lam_i + lam_j)). b = N gives 2N / mu_max(K),
+    the full-batch threshold (``overparam.training.max_stable_lr``).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads only contend
+        n, lam, u, p1, p2 = _ms_pieces(kernel, batch_size)
+        return _ms_power_iteration(n, lam, u, p1, p2, batch_size, iters, tol)
+
+
+def _ms_power_iteration(n, lam, u, p1, p2, batch_size, iters, tol):
+    inv_l = n / (lam[:, None] + lam[None, :])
+    s = np.eye(n) / n  # in the eigenbasis of K
+    rho = 0.0
+    for _ in range(iters):
+        us = u @ s
+        diag_s = np.einsum("ij,ij->i", us, u)                 # diag(U S U^T)
+        m = p2 * s + (p1 - p2) * (u.T * diag_s) @ u            # U^T M U
+        new = inv_l * (lam[:, None] * m * lam[None, :]) / batch_size**2
+        new = (new + new.T) / 2
+        rho_new = float(np.trace(new) / np.trace(s))
+        s = new / np.trace(new)
+        if abs(rho_new - rho) <= tol * rho_new:
+            rho = rho_new
+            break
+        rho = rho_new
+    return 1.0 / rho
 
 
 # ------------------------------------------------------------------------ SGD trajectory
