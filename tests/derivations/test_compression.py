@@ -44,3 +44,12 @@ def test_risk_quadratic_minimizer():
     assert abs(grid[np.argmin(f(grid))] - float(sym.subs_by_name(rho_star, **vals))) < 1e-3
     assert sp.simplify(sym.subs_by_name(rho_star, ASe=0, SeSe=0)) == 1
     assert abs(float(sym.subs_by_name(ratio, **vals)) - f(1.0) / f(0.0)) < 1e-12
+
+
+def test_rho_star_gap_is_one_minus_rho_star():
+    _, _, rho_star, _ = sym.risk_quadratic()
+    gap = sym.rho_star_gap()
+    vals = {"AA": 0.2, "ASe": -0.05, "SeSe": 0.02, "N": 0.03}  # <A,Se> + |Se|^2 < 0 -> rho* > 1
+    assert abs(float(sym.subs_by_name(gap, **vals)) - (1 - float(sym.subs_by_name(rho_star, **vals)))) < 1e-12
+    assert float(sym.subs_by_name(gap, **vals)) < 0
+    assert abs(float(sym.subs_by_name(gap, **vals)) - (-0.05 + 0.02) / (0.03 + 0.02)) < 1e-12

@@ -136,3 +136,17 @@ def test_fit_variational_matches_a_step_by_step_reference():
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(q)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert not np.allclose(got["mu"][0]["cores"][0], q0["mu"][0]["cores"][0])
+
+
+def test_bootstrap_ece_difference():
+    key = jax.random.key(0)
+    p = jax.nn.softmax(3.0 * jax.random.normal(key, (400, 5)))
+    labels = jax.random.randint(jax.random.key(1), (400,), 0, 5)
+    d, se = bl.bootstrap_ece_difference(jax.random.key(2), p, p, labels, 50)
+    assert float(d) == 0.0 and float(se) == 0.0  # a model against itself: no difference in any resample
+    q = jnp.full_like(p, 0.2)  # uniform predictions: confidence 0.2, accuracy ~0.2
+    d, se = bl.bootstrap_ece_difference(jax.random.key(2), p, q, labels, 100)
+    assert abs(float(d) - float(bl.expected_calibration_error(p, labels) - bl.expected_calibration_error(q, labels))) < 1e-6
+    assert 0.0 < float(se) < 0.1
+    with pytest.raises(ValueError, match="probs_a"):
+        bl.bootstrap_ece_difference(key, p, p[:10], labels)

@@ -78,3 +78,29 @@ def test_train_tt_mlp_matches_a_step_by_step_adam_reference():
     np.testing.assert_allclose(losses, jnp.stack(want_losses), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(p)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_image_layer_families_equal_budgets_and_modes():
+    from overparam.derivations import compression as sym
+    fam = tt.image_layer_families(side=8, hidden_modes=(16, 16), classes=10)
+    for r in (5, 10):
+        p_tt = tt.tt_mlp_init_layers(jax.random.key(0), fam["tt"](r))
+        p_uv = tt.tt_mlp_init_layers(jax.random.key(0), fam["lowrank"](4 * r // 5))
+        n_tt, n_uv = tt.tt_mlp_counts(p_tt)[0], tt.tt_mlp_counts(p_uv)[0]
+        assert n_tt == n_uv  # TT rank 5k and matrix rank 4k: the same budget, as derived
+        tt_w, uv_w, r_match = sym.tt_lowrank_params(8, 16, 16, r)
+        assert int(tt_w) == tt.tt_param_count((8, 8), (16, 16), (r,)) and int(uv_w) == 320 * r and r_match == 4 * r // 5
+        h = tt.matched_dense_width(n_tt)
+        assert abs(tt.tt_mlp_counts(tt.tt_mlp_init_layers(jax.random.key(0), fam["dense"](h)))[0] / n_tt - 1) < 0.01
+    # the UV^T layer is U V^T: its full matrix has rank <= r
+    w = tt.tt_full_matrix(tt.tt_mlp_init_layers(jax.random.key(1), fam["lowrank"](3))[0]["cores"])
+    assert w.shape == (64, 256) and int(jnp.linalg.matrix_rank(w)) == 3
+    # the TT layer's first mode is the image row: W[(row, col), (h1, h2)] = sum_a A_a[row, h1] B_a[col, h2]
+    cores = tt.tt_mlp_init_layers(jax.random.key(2), fam["tt"](2))[0]["cores"]
+    a, b = cores[0][0], cores[1][..., 0]  # (8, 16, 2), (2, 8, 16)
+    w_ref = jnp.einsum("ija,akl->ikjl", a, b).reshape(64, 256)
+    assert jnp.allclose(tt.tt_full_matrix(cores), w_ref, atol=1e-6)
+    x = jax.random.normal(jax.random.key(3), (5, 64))
+    assert tt.tt_mlp_apply(tt.tt_mlp_init_layers(jax.random.key(0), fam["tt"](5)), x).shape == (5, 10)
+    with pytest.raises(ValueError, match="outputs"):
+        tt.tt_mlp_init_layers(jax.random.key(0), [((8, 8), (16, 16), (2,)), ((100,), (10,), ())])

@@ -64,3 +64,27 @@ def risk_quadratic():
 def subs_by_name(expr, **values):
     """Substitute numbers for the free symbols of expr, matched by name (keeps their assumptions)."""
     return expr.subs({s: values[s.name] for s in expr.free_symbols if s.name in values})
+
+
+def rho_star_gap():
+    """1 - rho_star of ``risk_quadratic`` as a single fraction: (ASe + SeSe) / (N + SeSe).
+
+    Since N + SeSe > 0 (a noise trace plus a squared norm), rho_star < 1 exactly when
+    ASe + SeSe = <A + S e, S e> > 0: the error of the student trained on pure soft labels,
+    A + S e = S t - f*, is positively aligned with the teacher's error seen through the student,
+    S e. An imperfect teacher whose error partly cancels the student's own bias A
+    (<A, S e> < -|S e|^2) gives rho_star > 1.
+    """
+    _, _, rho_star, _ = risk_quadratic()
+    return sp.factor(sp.simplify(1 - rho_star))
+
+
+def tt_lowrank_params(side, hidden_1, hidden_2, r):
+    """First-layer weights of the two factorizations of a (side^2 x h_1 h_2) matrix at rank r.
+
+    TT with modes (side, side) -> (h_1, h_2): r side (h_1 + h_2); U V^T: r (side^2 + h_1 h_2).
+    Returns (tt, lowrank, the lowrank rank that matches the TT budget).
+    """
+    tt_p = tt_params([side, side], [hidden_1, hidden_2], [r])
+    uv_p = r * (side**2 + hidden_1 * hidden_2)
+    return tt_p, uv_p, sp.simplify(tt_p / (side**2 + hidden_1 * hidden_2))

@@ -211,3 +211,20 @@ def predictive_entropy(probs):
 def rotate_images(x, side: int = 8):
     """Rotate flattened square images x (N, side*side) by 90 degrees (the chapter's OOD inputs)."""
     return jnp.rot90(x.reshape(-1, side, side), axes=(1, 2)).reshape(x.shape[0], -1)
+
+
+def bootstrap_ece_difference(key, probs_a, probs_b, labels, num_boot: int = 200, num_bins: int = 10):
+    """ECE(a) - ECE(b) on the test set and its bootstrap standard error -> (difference, se).
+
+    probs_a, probs_b (N, C) two models' predictive probabilities on the same N inputs, labels (N,).
+    Paired bootstrap: each of num_boot resamples draws N inputs with replacement and recomputes
+    both ECEs on them, so the SE is the test-set sampling noise of the difference.
+    """
+    if probs_a.shape != probs_b.shape:
+        raise ValueError(f"probs_a {probs_a.shape} and probs_b {probs_b.shape}: expected the same (N, C)")
+    n = labels.shape[0]
+    idx = jax.random.randint(key, (int(num_boot), n), 0, n)
+    diffs = jax.lax.map(lambda i: expected_calibration_error(probs_a[i], labels[i], num_bins)
+                        - expected_calibration_error(probs_b[i], labels[i], num_bins), idx)
+    return (expected_calibration_error(probs_a, labels, num_bins) - expected_calibration_error(probs_b, labels, num_bins),
+            jnp.std(diffs, ddof=1))

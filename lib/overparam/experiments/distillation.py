@@ -38,11 +38,13 @@ def ridge_function(x, direction, amplitude: float = 0.9):
     return amplitude * jnp.tanh(1.5 * (x @ u))
 
 
-def distillation_trial(key, rhos, n: int, n_test: int, d: int, width: int, ridge: float, teacher_cos: float):
+def distillation_trial(key, rhos, n: int, n_test: int, d: int, width: int, ridge: float, teacher_cos: float,
+                       teacher_scale: float = 1.0):
     """One draw of data, labels and student features; returns a dict of arrays.
 
     The target direction is e_1; the teacher uses a direction at cosine teacher_cos to it
-    (teacher_cos = 1: perfect teacher). rhos (R,) soft-label ratios. Returns
+    and the amplitude teacher_scale * 0.9 (teacher_cos = teacher_scale = 1: perfect teacher;
+    teacher_scale > 1: an over-confident teacher, right in sign, too large in magnitude). rhos (R,) soft-label ratios. Returns
     risk (R,) transfer risk, error (R,) expected 0-1 test error mean (1 - sign(f_s) f*)/2,
     and the four terms of the averaged quadratic: AA = |A|^2, ASe = <A, S e>, SeSe = |S e|^2,
     noise = tr(S D S^T), each divided by n_test.
@@ -52,7 +54,8 @@ def distillation_trial(key, rhos, n: int, n_test: int, d: int, width: int, ridge
     x_test = jax.random.normal(k_t, (n_test, d))
     u = jnp.zeros(d).at[0].set(1.0)
     v = jnp.zeros(d).at[0].set(teacher_cos).at[1].set(jnp.sqrt(1.0 - teacher_cos**2))
-    f_train, f_test, t_train = ridge_function(x, u), ridge_function(x_test, u), ridge_function(x, v)
+    f_train, f_test, t_train = (ridge_function(x, u), ridge_function(x_test, u),
+                                 ridge_function(x, v, 0.9 * teacher_scale))
     y = jnp.where(jax.random.uniform(k_y, (n,)) < (1.0 + f_train) / 2.0, 1.0, -1.0)
     w = jax.random.normal(k_w, (width, d)) / jnp.sqrt(d)
     s = student_smoother(relu_features(w, x), relu_features(w, x_test), ridge)
@@ -66,11 +69,13 @@ def distillation_trial(key, rhos, n: int, n_test: int, d: int, width: int, ridge
     }
 
 
-def distillation_sweep(key, rhos, num_trials: int, n: int, n_test: int, d: int, width: int, ridge: float, teacher_cos: float):
+def distillation_sweep(key, rhos, num_trials: int, n: int, n_test: int, d: int, width: int, ridge: float, teacher_cos: float,
+                       teacher_scale: float = 1.0):
     """``distillation_trial`` vmapped over num_trials keys, averaged over trials (one compile)."""
     if not -1.0 <= teacher_cos <= 1.0:
         raise ValueError(f"teacher_cos={teacher_cos} must lie in [-1, 1]")
-    out = jax.vmap(lambda k: distillation_trial(k, jnp.asarray(rhos), n, n_test, d, width, ridge, teacher_cos))(
+    out = jax.vmap(lambda k: distillation_trial(k, jnp.asarray(rhos), n, n_test, d, width, ridge, teacher_cos,
+                                                 teacher_scale))(
         jax.random.split(key, num_trials))
     return {k: jnp.mean(v, axis=0) for k, v in out.items()}
 

@@ -107,6 +107,7 @@ def tt_mlp_init(key, layer_modes, ranks):
     (a mode of size 1 is allowed); ranks: one internal rank r for every bond (int) or one
     tuple per layer. Modes of length 1 (ranks ()) give ordinary dense layers: the dense
     baseline is [(64,), (256,), (10,)]. The last layer uses gain 1 (logits), the others 2 (ReLU).
+    Layers whose input modes differ from the previous layer's output modes: ``tt_mlp_init_layers``.
     """
     if len(layer_modes) < 2:
         raise ValueError(f"layer_modes={layer_modes}: need at least input and hidden modes")
@@ -115,12 +116,53 @@ def tt_mlp_init(key, layer_modes, ranks):
         ranks = [(ranks,) * (len(layer_modes[l]) - 1) for l in range(n_layers)]
     if len(ranks) != n_layers:
         raise ValueError(f"ranks={ranks}: expected an int or {n_layers} tuples")
-    keys = jax.random.split(key, n_layers)
+    return tt_mlp_init_layers(key, [(layer_modes[l], layer_modes[l + 1], ranks[l]) for l in range(n_layers)])
+
+
+def tt_mlp_init_layers(key, layers):
+    """TT-MLP from one (in_modes, out_modes, ranks) triple per layer (same params as ``tt_mlp_init``).
+
+    Consecutive layers must agree in size (prod out_modes of layer l = prod in_modes of layer l+1),
+    not in modes: a TT first layer (8, 8) -> (16, 16) can feed a dense (256,) -> (10,) readout.
+    Gains: 2 (ReLU) for hidden layers, 1 for the logits.
+    """
+    for l in range(len(layers) - 1):
+        if math.prod(layers[l][1]) != math.prod(layers[l + 1][0]):
+            raise ValueError(f"layers={layers}: layer {l} outputs {math.prod(layers[l][1])} values, "
+                             f"layer {l + 1} expects {math.prod(layers[l + 1][0])}")
+    keys = jax.random.split(key, len(layers))
     return [
-        {"cores": tt_init(keys[l], layer_modes[l], layer_modes[l + 1], ranks[l], gain=1.0 if l == n_layers - 1 else 2.0),
-         "b": jnp.zeros(math.prod(layer_modes[l + 1]))}
-        for l in range(n_layers)
+        {"cores": tt_init(keys[l], m, n, r, gain=1.0 if l == len(layers) - 1 else 2.0), "b": jnp.zeros(math.prod(n))}
+        for l, (m, n, r) in enumerate(layers)
     ]
+
+
+def image_layer_families(side: int = 8, hidden_modes=(16, 16), classes: int = 10):
+    """First-layer factorizations of a side*side image -> hidden -> classes MLP, as layer builders.
+
+    Returns {family: size -> layers for ``tt_mlp_init_layers``}; the readout hidden -> classes is dense.
+    Input pixels are row-major (index = side * row + column), as in scikit-learn's digits.
+
+    * "tt":      TT first layer, in-modes (side, side) = (row, column), out-modes hidden_modes,
+                 rank size: W = sum_a A_a (x) B_a, a sum of `size` Kronecker products of a
+                 row factor A_a (side, h_1) and a column factor B_a (side, h_2) (d = 2).
+                 Weights: size * side * (h_1 + h_2).
+    * "lowrank": rank-`size` matrix W = U V^T (U: (side^2, size), V: (hidden, size)), written as
+                 the TT with modes (side^2, 1) -> (1, hidden). Weights: size * (side^2 + hidden).
+    * "dense":   an unfactorized first layer with `size` hidden units (the narrow network).
+    """
+    hidden, pixels = math.prod(hidden_modes), side * side
+    return {
+        "tt": lambda r: [((side, side), tuple(hidden_modes), (r,)), ((hidden,), (classes,), ())],
+        "lowrank": lambda r: [((pixels, 1), (1, hidden), (r,)), ((hidden,), (classes,), ())],
+        "dense": lambda h: [((pixels,), (h,), ()), ((h,), (classes,), ())],
+    }
+
+
+def matched_dense_width(n_params: int, inputs: int = 64, classes: int = 10) -> int:
+    """Hidden width h whose dense inputs -> h -> classes MLP (biases included) has the parameter count
+    closest to n_params: (inputs + 1 + classes) h + classes = n_params, rounded."""
+    return max(1, round((n_params - classes) / (inputs + 1 + classes)))
 
 
 def tt_mlp_apply(params, x):
