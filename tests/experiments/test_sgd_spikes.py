@@ -154,13 +154,13 @@ def _reference_trajectory(apply_fn, params0, x, y, lr, key, b, steps, x_probe, y
     return params, out, loss, before, after
 
 
-def _assert_same_values(got, want, name):
+def _assert_same_values(got, want, name, rtol=1e-6):
     """Finite where the reference is finite and equal there to float32 rounding; non-finite where it is not
     (an overflow may come out as inf in one evaluation order and as nan in another)."""
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         g, w = np.asarray(g), np.asarray(w)
         np.testing.assert_array_equal(np.isfinite(g), np.isfinite(w), err_msg=f"{name}: finite entries")
-        np.testing.assert_allclose(g[np.isfinite(g)], w[np.isfinite(w)], rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(g[np.isfinite(g)], w[np.isfinite(w)], rtol=rtol, err_msg=name)
 
 
 def test_sgd_trajectory_follows_the_step_by_step_definition():
@@ -185,8 +185,11 @@ def test_sgd_trajectory_follows_the_step_by_step_definition():
                     top_after=after)
         got["params"] = jax.tree.leaves(jax.tree.map(lambda a: a[s], tr.params))
         want["params"] = jax.tree.leaves(p_ref)
+        # The diverging run multiplies its values by up to ~1e7 a step: float32 rounding differences between
+        # the scan and the loop (XLA may order a reduction differently from one compilation to the next,
+        # measured 1.06e-6 relative at a loss of 1e29) grow with it, so it is held to 1e-5, the stable run to 1e-6.
         for name in got:
-            _assert_same_values(got[name], want[name], name)
+            _assert_same_values(got[name], want[name], name, rtol=1e-6 if s == 0 else 1e-5)
     # the diverging run went far past the loop's default divergence threshold (1e6) and kept its values
     assert float(np.nanmax(np.where(np.isfinite(tr.train_loss[1]), tr.train_loss[1], np.nan))) > 1e6 \
         or not np.all(np.isfinite(tr.train_loss[1]))
