@@ -131,3 +131,49 @@ def test_spike_limits_and_slope():
     t = 1 - d**2 / 2
     np.testing.assert_allclose(f(d, 1.0, 50.0), act.spike_ntk_dot(act.bias_correlation(t, 1.0), 1.0, 50.0)
                                / (act.bias_correlation(t, 1.0) + 1 / 50.0**2), rtol=1e-6, atol=1e-12)
+
+
+def test_arccos_taylor_decay_rates_match_the_coefficients():
+    e0, e1 = der.arccos_taylor_decay()
+    assert (e0, e1) == (sp.Rational(3, 2), sp.Rational(5, 2))
+    num1, num0 = act.relu_taylor_coefficients(40010)
+    # K0's term of rho^{2m+1} and K1's of rho^{2m+2}; leading constants 1/(4 pi^1.5), 1/(8 pi^1.5)
+    for mm in (1000, 10000, 20000):
+        c0, c1 = num0[2 * mm + 1], num1[2 * mm + 2]
+        assert abs(c0 * mm**1.5 * 4 * math.pi**1.5 - 1) < 1.0 / mm
+        assert abs(c1 * mm**2.5 * 8 * math.pi**1.5 - 1) < 2.0 / mm
+    # the exponent itself, from successive coefficients: 3/2 and 5/2 (not 3/2 for both)
+    m1, m2 = 10000, 20000
+    assert abs(-math.log(num0[2 * m2 + 1] / num0[2 * m1 + 1]) / math.log(2) - 1.5) < 1e-3
+    assert abs(-math.log(num1[2 * m2 + 2] / num1[2 * m1 + 2]) / math.log(2) - 2.5) < 1e-3
+
+
+def test_sphere_power_moment_matches_integration():
+    tt = der.t
+    for nu in (sp.Rational(1, 2), sp.Rational(3, 2)):
+        for kk in range(5):
+            direct = sp.integrate((1 - tt) ** nu * sp.legendre(kk, tt), (tt, -1, 1)) / 2
+            assert abs(float(direct) - float(der.sphere_power_moment(nu, kk))) < 1e-14
+
+
+def test_relu_ntk_singular_expansion_matches_the_kernel():
+    terms = der.relu_ntk_singular_expansion(3)
+    assert [nu for _, nu in terms] == [sp.Rational(1, 2), sp.Rational(3, 2), sp.Rational(5, 2)]
+    assert sp.simplify(terms[0][0] + sp.sqrt(2) / (2 * sp.pi)) == 0
+    # Theta(1 - s) minus the singular part is smooth: its second difference is O(1) (the raw kernel's blows up like s^{-3/2})
+    s = np.array([1e-6, 2e-6, 3e-6])
+    sing = sum(float(c) * s ** float(nu) for c, nu in terms)
+    rem = act.relu_ntk_dot(1 - s) - sing
+    assert abs(rem[0] - 2 * rem[1] + rem[2]) / 1e-12 < 10.0
+
+
+def test_finite_k_asymptotic_matches_quadrature_with_o_one_over_k_corrections():
+    quad = spectra.funk_hecke_eigenvalues(act.relu_ntk_dot, 3, 40)
+    for kk in (10, 20, 40):
+        asym = float(der.sphere_relu_ntk_asymptotic(kk, 3))
+        assert abs(asym / quad[kk] - 1) < 30.0 / kk**6  # O(k^{-6}) with three terms (measured ~ 22 / k^6)
+    # the leading term is exactly proportional to 1/((k - 1/2)(k + 1/2)(k + 3/2)) = k^{-3}(1 - 3/(2k) + ...)
+    lead = {kk: float(der.sphere_relu_ntk_asymptotic(kk, 1)) * (kk - 0.5) * (kk + 0.5) * (kk + 1.5) for kk in (4, 20, 40)}
+    assert abs(lead[4] / lead[40] - 1) < 1e-12 and abs(lead[20] / lead[40] - 1) < 1e-12
+    ratio = float(der.sphere_relu_ntk_asymptotic(20, 1) / der.sphere_relu_ntk_asymptotic(40, 1)) / 8.0
+    assert ratio < 0.97  # a pure power law k^{-3} would give 1: the corrections are O(1/k)

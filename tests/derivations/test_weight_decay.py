@@ -120,3 +120,8 @@ def test_lp_threshold_matches_brute_force(p, mu):
     assert above > 0.9 * c_thr  # jumps from 0 to about c_thr: no small nonzero solutions
     # both thresholds grow with mu
     assert float(r["c_thr"].subs({mu_s: 2 * mu, p_s: p})) > c_thr
+
+
+def test_imbalance_identity_is_exact_symbolically():
+    r = wd.imbalance_identity()
+    assert r["residual"] == 0

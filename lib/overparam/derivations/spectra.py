@@ -51,11 +51,29 @@ def arccos_taylor_terms(mm=m):
     """General Taylor terms: K0 = 1/4 + sum_m c0_m r^{2m+1}, K1 = 1/(2 pi) + r/4 + sum_m c1_m r^{2m+2}.
 
     Returns (c0_m, c1_m) = (a_m / (2 pi), a_m / ((2m + 2) 2 pi)); all positive, so both kernels
-    are positive definite on spheres of every dimension (Schoenberg). Both series converge
-    at r = 1 only like m^{-3/2}, the trace of the square-root singularity there.
+    are positive definite on spheres of every dimension (Schoenberg). Their decay
+    (``arccos_taylor_decay``): c0_m ~ m^{-3/2} / (4 pi^{3/2}), the trace of K0's square-root
+    singularity (1 - r)^{1/2} at r = 1, and c1_m ~ m^{-5/2} / (8 pi^{3/2}), one power faster,
+    the trace of K1's (1 - r)^{3/2}.
     """
     am = arcsine_coefficient(mm)
     return am / (2 * sp.pi), am / ((2 * mm + 2) * 2 * sp.pi)
+
+
+def arccos_taylor_decay(mm=m):
+    """Decay exponents (e0, e1) of the Taylor terms of ``arccos_taylor_terms``: c_m ~ C m^{-e}.
+
+    Gauss's test: the ratio of consecutive terms is rational in m, c_{m+1}/c_m = 1 - e/m + O(1/m^2),
+    and then c_m ~ C m^{-e}; e = lim m (1 - c_{m+1}/c_m) is a limit of a rational function.
+    Result: e0 = 3/2 (K0, square-root singularity (1 - r)^{1/2} at r = 1), e1 = 5/2 (K1,
+    singularity (1 - r)^{3/2}). The constants are C0 = 1/(4 pi^{3/2}), C1 = 1/(8 pi^{3/2})
+    (from Gamma(m + 1/2)/Gamma(m + 1) ~ m^{-1/2}; checked numerically in the test suite).
+    """
+    out = []
+    for c in arccos_taylor_terms(mm):
+        ratio = sp.simplify(sp.combsimp(c.subs(mm, mm + 1) / c))
+        out.append(sp.limit(mm * (1 - ratio), mm, sp.oo))
+    return tuple(out)
 
 
 def series_in_rho(expr, order: int, r=rho):
@@ -99,6 +117,46 @@ def sphere_relu_ntk_eigenvalue(kk: int):
     p = sp.legendre(int(kk), t).subs(t, sp.cos(theta))
     val = sp.integrate(sp.expand((k1 + sp.cos(theta) * k0) * p * sp.sin(theta)), (theta, 0, sp.pi)) / 2
     return sp.nsimplify(sp.simplify(val))
+
+
+@lru_cache(maxsize=None)
+def relu_ntk_singular_expansion(num_terms: int = 3):
+    """Singular part of the ReLU NTK at t = 1: [(c_j, nu_j)] with Theta(1 - s) = analytic + sum_j c_j s^{nu_j}.
+
+    nu_j = j + 1/2 (half-integer powers of s = 1 - t); SymPy's Puiseux series of
+    Theta(1 - s) gives c_0 = -sqrt(2)/(2 pi), c_1 = 19 sqrt(2)/(24 pi), c_2 = 47 sqrt(2)/(960 pi).
+    Since Theta(-t) = Theta(t) - t, the singular part at t = -1 is the same expansion in 1 + t.
+    """
+    ss = sp.symbols("s", positive=True)
+    w = sp.symbols("w", positive=True)  # s = w^2: the Puiseux series becomes a power series in w
+    ser = sp.expand(sp.series(relu_ntk(1 - ss), ss, 0, num_terms + 1).removeO().subs(ss, w**2))
+    out = []
+    for jj in range(num_terms):
+        out.append((sp.simplify(ser.coeff(w, 2 * jj + 1)), sp.Rational(2 * jj + 1, 2)))
+    return tuple(out)
+
+
+def sphere_power_moment(nu, kk):
+    """E_t[(1 - t)^nu P_k(t)] on S^2 (t uniform on [-1, 1], P_k Legendre), closed form.
+
+    = (-1)^k 2^nu Gamma(nu + 1)^2 / (Gamma(nu + k + 2) Gamma(nu - k + 1)) (Gradshteyn–Ryzhik 7.127,
+    there for (1 + t)^nu; P_k(-t) = (-1)^k P_k(t));
+    for half-integer nu it is ~ |k|^{-2 nu - 2} with *relative* corrections O(1/k): for nu = 1/2 it
+    is proportional to 1 / ((k - 1/2)(k + 1/2)(k + 3/2)) exactly. The test suite checks it
+    against direct integration.
+    """
+    return (-1) ** kk * 2**nu * sp.gamma(nu + 1) ** 2 / (sp.gamma(nu + kk + 2) * sp.gamma(nu - kk + 1))
+
+
+def sphere_relu_ntk_asymptotic(kk, num_terms: int = 3):
+    """Finite-k asymptotic mu_k of the ReLU NTK on S^2 for even k: 2 sum_j c_j E[(1 - t)^{nu_j} P_k].
+
+    The factor 2: the singularities at t = 1 and t = -1 contribute equally for even k
+    (``relu_ntk_singular_expansion``). The analytic remainder contributes faster than any power,
+    so with J terms the relative error is O(k^{-2J}). Leading behaviour C k^{-3} (1 - 3/(2k) + O(1/k^2)):
+    the corrections to the power law are O(1/k), not O(1/k^2).
+    """
+    return 2 * sum(c * sphere_power_moment(nu, kk) for c, nu in relu_ntk_singular_expansion(num_terms))
 
 
 def monomial_moment(n_: int, k_: int, d_: int):

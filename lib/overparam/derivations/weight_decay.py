@@ -107,6 +107,28 @@ def imbalance_flow():
     return dict(ode=ode, solution=solution, symbols=(t, lam, d0))
 
 
+def imbalance_identity():
+    """The exact link between imbalance and the penalized gradient, for any rescaling-invariant loss.
+
+    For a toy block f = v relu(w x) (one weight per layer, x > 0 so relu(w x) = w x for w > 0) with
+    loss(w, v) = (v w x - y)^2 / 2 + lambda (w^2 + v^2) and G = grad(loss):
+
+        w G_w - v G_v = 2 lambda (w^2 - v^2),
+
+    because the data term depends on (w, v) only through the product w v. For matrices the same
+    computation gives <G_l, W_l> - <G_{l+1}, W_{l+1}> = 2 lambda (||W_l||^2 - ||W_{l+1}||^2): at an
+    approximate stationary point the imbalance is bounded by |G| |W| / lambda. Returns
+    dict(lhs, rhs, residual) with residual = lhs - rhs simplified (0).
+    """
+    w, v, x = sp.symbols("w v x", positive=True)
+    y = sp.Symbol("y", real=True)
+    lam = sp.Symbol("lambda", positive=True)
+    loss = (v * w * x - y) ** 2 / 2 + lam * (w**2 + v**2)
+    lhs = sp.expand(w * sp.diff(loss, w) - v * sp.diff(loss, v))
+    rhs = 2 * lam * (w**2 - v**2)
+    return dict(lhs=lhs, rhs=rhs, residual=sp.simplify(lhs - rhs), symbols=(w, v, x, y, lam))
+
+
 def parallel_penalty(depth: int, num_subnets: int):
     """Weight decay of a parallel network after minimizing over each subnetwork's rescalings.
 

@@ -25,7 +25,13 @@ The ResNet variant (``resnet_init`` / ``resnet_apply``) keeps the same params la
 blocks act in sequence on a residual stream h in R^r, h_0 = [x; 1; 0] (r = d_in + 2):
 h_j = h_{j-1} + g_j(h_{j-1}) with g_j a depth-L block of the same form (W_{j,1}: (r, w), W_{j,L}:
 (w, r)) and the output f(x) = b + last coordinate of h_M. Every block is positively homogeneous
-in its own layers, so the rescaling argument, the balance and the l^{2/L} penalty carry over.
+in its own layers, so the rescaling argument and the balance carry over block by block (a
+stationary point has equal layer norms within each block), and the minimal weight decay over
+rescalings is still lam L sum_j c_j^{2/L}. The *dictionary* reading does not carry over: the
+blocks compose, so f is not a linear combination sum_j c_j phi_j of fixed unit-scale functions
+phi_j, and sum_j c_j^{2/L} is not an l^{2/L} quasi-norm of the coefficients of an expansion of f
+(a block's effect depends on the blocks before and after it). Sparsity of the active blocks is
+then an empirical observation for the ResNet, not a consequence of the l^p theorem.
 """
 
 from __future__ import annotations
@@ -307,3 +313,73 @@ def train_weight_decay_sweep(apply_fn, params0, x, y, lams, optimizer, num_steps
         )
 
     return jax.vmap(run)(lams)
+
+
+# --------------------------------------------------------------------- polishing and balance
+
+
+def polish_lbfgs(apply_fn, params, x, y, lams, num_steps: int = 2000):
+    """Float64 full-batch L-BFGS on ``penalized_loss`` from each of a batch of solutions.
+
+    ``params`` carries a leading axis len(lams) (as returned by ``train_weight_decay_sweep``);
+    each copy is refined at its own weight decay with ``optax.lbfgs`` (zoom line search) for
+    ``num_steps`` iterations, vmapped over the weight decays. Runs under ``jax.enable_x64``;
+    returns (params, grad_norm) in float64, grad_norm (len(lams),) the norm of the full penalized
+    gradient (all layers and the output bias) at the returned point.
+    """
+    import optax
+
+    with jax.enable_x64(True):
+        x64, y64 = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        lams64 = jnp.asarray(lams, jnp.float64)
+        opt = optax.lbfgs()
+
+        def run(p, lam):
+            loss = penalized_loss(apply_fn, x64, y64, lam)
+            value_and_grad = optax.value_and_grad_from_state(loss)
+
+            def step(carry, _):
+                p, state = carry
+                value, grad = value_and_grad(p, state=state)
+                updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
+                return (optax.apply_updates(p, updates), state), None
+
+            (p, _), _ = jax.lax.scan(step, (p, opt.init(p)), None, length=num_steps)
+            g = jax.grad(loss)(p)
+            return p, jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(g)))
+
+        return jax.jit(jax.vmap(run))(p64, lams64)
+
+
+def balance_certificate(apply_fn, params, x, y, lam, rel_threshold: float = 1e-2):
+    """The exact imbalance identity and the balance bound it implies, for one solution.
+
+    Rescaling layers l and l+1 of block j by (alpha, 1/alpha) leaves the data loss unchanged,
+    so <grad_l mse, W_l> = <grad_{l+1} mse, W_{l+1}>, and with G = grad(mse + lam ||W||^2):
+
+        ||W_l||^2 - ||W_{l+1}||^2 = (<G_l, W_l> - <G_{l+1}, W_{l+1}>) / (2 lam)      (exact),
+        |D_{j,l}| <= (||G_l|| ||W_l|| + ||G_{l+1}|| ||W_{l+1}||) / (2 lam) =: B_{j,l}.
+
+    Chaining over l, max_l ||W_l||^2 - min_l ||W_l||^2 <= sum_l B_{j,l}, hence the certified
+    ratio bound max/min <= sqrt(1 + sum_l B_{j,l} / min_l ||W_l||^2). Returns a dict of arrays:
+    ``imbalance`` and ``identity`` (M, L - 1) (equal up to rounding), ``bound_ratio`` (M,)
+    (nan where a layer norm is 0), ``ratio`` (M,) the measured ``balance_ratio``, ``active`` (M,)
+    and ``worst_bound`` / ``worst_ratio`` (max over active blocks). Works for parallel and
+    ResNet params (one solution: no leading sweep axis); use float64 for small lam.
+    """
+    g = jax.grad(penalized_loss(apply_fn, x, y, lam))(params)["layers"]
+    w = params["layers"]
+    inner = jnp.stack([jnp.sum(gl * wl, axis=(-2, -1)) for gl, wl in zip(g, w)], axis=-1)
+    gnorm = jnp.stack([jnp.sqrt(jnp.sum(gl**2, axis=(-2, -1))) for gl in g], axis=-1)
+    wnorm = layer_norms(params)
+    imbalance = wnorm[:, :-1] ** 2 - wnorm[:, 1:] ** 2
+    identity = (inner[:, :-1] - inner[:, 1:]) / (2 * lam)
+    bound = (gnorm[:, :-1] * wnorm[:, :-1] + gnorm[:, 1:] * wnorm[:, 1:]) / (2 * lam)
+    nmin = wnorm.min(axis=-1)
+    bound_ratio = jnp.where(nmin > 0, jnp.sqrt(1 + bound.sum(axis=-1) / jnp.where(nmin > 0, nmin, 1.0) ** 2), jnp.nan)
+    active = active_subnets(params, rel_threshold)
+    ratio = balance_ratio(params)
+    return dict(imbalance=imbalance, identity=identity, bound_ratio=bound_ratio, ratio=ratio, active=active,
+                worst_bound=jnp.max(jnp.where(active, bound_ratio, 0.0)),
+                worst_ratio=jnp.max(jnp.where(active, ratio, 0.0)))

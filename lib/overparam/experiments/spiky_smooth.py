@@ -96,7 +96,8 @@ def relu_taylor_coefficients(num_terms: int):
     K1 = 1/(2 pi) + rho/4 + sum_{m>=0} a_m rho^{2m+2} / ((2m+2) 2 pi),
     K0 = 1/4 + arcsin(rho)/(2 pi) = 1/4 + sum_{m>=0} a_m rho^{2m+1} / (2 pi),
     a_m = (2m)! / (4^m (m!)^2 (2m+1)); from ``kernels.analytic.dual_series_coefficients``.
-    They converge for |rho| <= 1 only like m^{-3/2}: slow at rho = 1 (the kernel's singularity).
+    At rho = 1 the terms of K0 decay only like m^{-3/2} (its singularity (1 - rho)^{1/2}), those of
+    K1 like m^{-5/2} (singularity (1 - rho)^{3/2}); ``derivations.spectra.arccos_taylor_decay``.
     """
     from overparam.kernels.analytic import dual_series_coefficients
 
