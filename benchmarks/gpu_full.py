@@ -52,10 +52,11 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------- environment
 def pinned_jax_version(root: Path = ROOT) -> str:
-    """The ``jax==X`` pin of requirements.txt (ValueError if there is none)."""
-    m = re.search(r"^jax==([\w.]+)\s*$", (root / "requirements.txt").read_text(), re.M)
+    """The ``jax==X`` pin of requirements-runtime.txt, which requirements.txt includes (ValueError if there is none)."""
+    path = root / "requirements-runtime.txt"
+    m = re.search(r"^jax==([\w.]+)\s*$", path.read_text(), re.M)
     if not m:
-        raise ValueError(f"no 'jax==<version>' pin in {root / 'requirements.txt'}")
+        raise ValueError(f"no 'jax==<version>' pin in {path}")
     return m.group(1)
 
 
