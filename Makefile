@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCALE  ?= ci
 PDF    ?= auto
+# test processes (pytest-xdist): one per core by default; TEST_JOBS=0 runs the suite in this process
+TEST_JOBS ?= auto
 MATHJAX := book/_vendor/mathjax/tex-chtml.js
 
 .PHONY: install vendor book pdf test test-fast chapter student grade bench bench-peers clean install-cluster replicate
@@ -37,11 +39,11 @@ book: install vendor         ## execute every chapter at SCALE (default ci), ren
 pdf: install vendor          ## the book and its PDF (_build/latex/overparameterized.pdf); needs TeX (see README)
 	$(PY) -m overparam build --scale $(SCALE) --pdf yes
 
-test: install vendor         ## the whole test suite (chapters at smoke scale, the book in a browser)
-	$(PY) -m pytest
+test: install vendor         ## the whole test suite (chapters at smoke scale, the book in a browser), TEST_JOBS processes
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup
 
 test-fast: install           ## unit tests only
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest -n $(TEST_JOBS) -m "not slow and not browser"
 
 chapter: install             ## one chapter: make chapter CH=01 SCALE=smoke
 	$(PY) -m overparam run $(CH) --scale $(SCALE)
@@ -73,5 +75,6 @@ $(CLUSTER_STAMP): $(STAMP)
 install-cluster: $(CLUSTER_STAMP)   ## also Ray, for the sweep's --engine ray (optional extra `cluster`)
 
 SEEDS ?= 1
-replicate: install           ## replication of every chapter at SCALE and SEEDS (default 1): make replicate SEEDS=1,2
-	$(PY) -m overparam sweep --scale $(SCALE) --seeds $(SEEDS)
+JOBS  ?= 1
+replicate: install           ## replication of every chapter at SCALE and SEEDS (default 1), JOBS runs at a time: make replicate SEEDS=1,2 JOBS=2
+	$(PY) -m overparam sweep --scale $(SCALE) --seeds $(SEEDS) --jobs $(JOBS)

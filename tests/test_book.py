@@ -19,6 +19,8 @@ from overparam.book.build import build_book, chapter_title
 from overparam.book.runner import discover_chapters, run_dir
 
 REPO = Path(__file__).resolve().parents[1]
+# one pytest-xdist process for this file and tests/test_chapters.py (see SMOKE_BOOK there)
+pytestmark = pytest.mark.xdist_group("smoke-book")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

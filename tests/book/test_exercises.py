@@ -152,3 +152,36 @@ def test_solutions_pass_and_stubs_fail_their_checks(cid):
     for label, (stub_fails, solution_passes) in outcome.items():
         assert stub_fails, f"{label}: the student stub passes the checks (they cannot fail)"
         assert solution_passes, f"{label}: the instructor's solution fails its own checks"
+
+
+@pytest.mark.slow
+def test_exercise_kernel_shares_the_books_compilation_cache(tmp_path):
+    """verify_solutions_and_stubs runs the student edition with the book's JAX cache, as the chapter's own run does."""
+    from overparam.book.runner import jax_cache_environment
+
+    source = tmp_path / "chapters" / "99_cache.md"
+    source.parent.mkdir()
+    expected = jax_cache_environment(tmp_path)["JAX_COMPILATION_CACHE_DIR"]
+    source.write_text(TOY.split("```{exercise} Pair")[0] + f'''
+```{{exercise}} Cache
+:label: ex-99-cache
+Set `answer_cache` to the compilation cache folder.
+```
+
+```{{solution-start}} ex-99-cache
+:class: dropdown
+```
+```{{code-cell}} ipython3
+import os
+answer_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+```
+```{{solution-end}}
+```
+
+```{{code-cell}} ipython3
+:tags: [remove-cell, check]
+assert answer_cache == {expected!r}
+```
+''')
+    outcome = verify_solutions_and_stubs(source, scale="smoke")
+    assert outcome == {"ex-99-square": (True, True), "ex-99-cache": (True, True)}

@@ -38,7 +38,10 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys):
 
 @pytest.mark.slow
 def test_failure_is_isolated_cached_and_keyed_on_lib(tmp_path):
-    root = make_root(tmp_path, {"01_good": "", "02_bad": "raise RuntimeError('boom in chapter two')", "03_good": ""})
+    # the kernel compiles into the book's shared cache (runner.jax_cache_environment)
+    cache_check = "import os; assert os.environ['JAX_COMPILATION_CACHE_DIR'].endswith('/_build/jax_cache')"
+    root = make_root(tmp_path, {"01_good": "", "02_bad": "raise RuntimeError('boom in chapter two')",
+                                "03_good": cache_check})
     lines = []
     runs = runner.run_chapters(None, "smoke", root=root, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert [r.status for r in runs] == ["ok", "failed", "ok"]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from overparam.book.provenance import GIT_COMMIT_ENV, RUN_CONTEXT_ENV, git_commit
-from overparam.book.runner import (ChapterRun, _environment, _write_json, cache_key, cached_run,
+from overparam.book.runner import (ChapterRun, scoped_environment, _write_json, cache_key, cached_run,
                                    resolve_chapter, run_chapter, validate_parameters)
 
 # What a worker does not need from the repository: generated, installed or version-control folders.
@@ -104,7 +104,7 @@ def _execute(stem: str, scale: str, seed: int, env: dict[str, str], digest: str,
         RUN_CONTEXT_ENV["ray_task_id"]: ctx.get_task_id() or "",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "lib"), os.environ.get("PYTHONPATH", "")])),
     }
-    with tempfile.TemporaryDirectory(prefix="overparam-ray-") as tmp, _environment(**env):
+    with tempfile.TemporaryDirectory(prefix="overparam-ray-") as tmp, scoped_environment(**env):
         out = Path(tmp) / "run"
         run = run_chapter(stem, scale, {"seed": seed}, root=root, out=out, force=True)
         buffer = io.BytesIO()

@@ -167,8 +167,24 @@ def run_dir(scale: str, root: Path | None = None) -> Path:
     return Path(root or repo_root()) / "_build" / "runs" / check_scale(scale)
 
 
+# The persistent XLA compilation cache every chapter kernel shares (the book, the sweep, the exercise
+# checks): a program compiled in one kernel is read back, not compiled again, in the next one that
+# needs it. Programs that compile faster than CACHE_MIN_COMPILE_S are compiled again instead.
+JAX_CACHE = Path("_build") / "jax_cache"
+CACHE_MIN_COMPILE_S = 0.5
+
+
+def jax_cache_environment(root: Path | None = None) -> dict[str, str]:
+    """Environment variables that point a chapter kernel's JAX at the shared cache ``<root>/_build/jax_cache``."""
+    cache_dir = Path(root or repo_root()) / JAX_CACHE
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(CACHE_MIN_COMPILE_S)}
+
+
 @contextmanager
-def _environment(**values: str):
+def scoped_environment(**values: str):
+    """Set environment variables (inherited by the kernels started inside) and restore them on exit."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -341,18 +357,15 @@ def run_chapter(
         nb.cells = [c for c in nb.cells if "check" not in c.metadata.get("tags", [])]
         nbformat.write(nb, src_nb)
         tmp_out, tmp_res = tmp / f"{source.stem}.ipynb", tmp / "results"
-        cache_dir = root / "_build" / "jax_cache"
-        cache_dir.mkdir(parents=True, exist_ok=True)
         env = {
             RESULTS_DIR_ENV: str(tmp_res),
             FIGURES_DIR_ENV: str(fig_dir),
-            "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+            **jax_cache_environment(root),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         }
         try:
-            with _environment(**env):
+            with scoped_environment(**env):
                 pm.execute_notebook(
                     str(src_nb), str(tmp_out), parameters=params, cwd=str(source.parent), kernel_name=kernel_name,
                     progress_bar=False, log_output=False, execution_timeout=timeout_s,
