@@ -3,7 +3,7 @@
 ``chapters/NN_topic.md`` open as notebooks: jupytext's contents manager reads and writes the MyST
 Markdown, and ``book/jupyter/labconfig/default_setting_overrides.json`` makes "Jupytext Notebook" the
 default viewer of Markdown files (the folder goes first on ``JUPYTER_CONFIG_PATH``; the reader's own
-Jupyter settings still win over it). jupyterlab-myst renders the MyST directives of the text cells.
+Jupyter settings still win over it). Text cells show MyST directives (theorems, citations) as source: jupyterlab-myst does not support this JupyterLab.
 The kernel imports ``overparam`` from ``<repo>/lib`` (first on ``PYTHONPATH``), installed or not.
 
 What the server writes: checkpoints go to one folder (``_build/lab/checkpoints``) instead of an
