@@ -11,7 +11,7 @@ PDF    ?= auto
 TEST_JOBS ?= auto
 MATHJAX := book/_vendor/mathjax/tex-chtml.js
 
-.PHONY: install vendor book pdf test test-fast chapter student grade bench bench-peers clean install-cluster replicate
+.PHONY: install vendor book pdf test test-fast chapter lab student grade bench bench-peers clean install-cluster replicate
 
 $(STAMP): requirements.txt requirements-runtime.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ test-fast: install           ## unit tests only
 
 chapter: install             ## one chapter: make chapter CH=01 SCALE=smoke
 	$(PY) -m overparam run $(CH) --scale $(SCALE)
+
+lab: install                 ## JupyterLab on 127.0.0.1: chapters/NN_topic.md open as notebooks; set scale in the parameters cell (LAB_PORT=8890 picks the port)
+	$(PY) -m overparam lab $(if $(LAB_PORT),--port $(LAB_PORT),)
 
 clean:
 	rm -rf _build book/generated

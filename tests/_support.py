@@ -27,6 +27,12 @@ def normal(shape, seed=0):
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def assert_local(urls):
+    """Every URL a page requested (HTTP and WebSocket) stayed on 127.0.0.1."""
+    outside = [u for u in urls if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:", "about:"))]
+    assert not outside, f"requests left 127.0.0.1: {outside[:5]}"
+
 # A tiny chapter for tests of the runner and the sweep; {body} goes before its last claim.
 CHAPTER = MYST_HEADER + """
 # A tiny chapter

@@ -9,19 +9,20 @@ import functools
 import http.server
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from overparam.book.build import build_book, chapter_title
+from overparam.book.build import build_book, chapter_title, repository_url
+from overparam.book.downloads import colab_url
 from overparam.book.runner import discover_chapters, run_dir
+
+from _support import assert_local
 
 REPO = Path(__file__).resolve().parents[1]
 # one pytest-xdist process for this file and tests/test_chapters.py (see SMOKE_BOOK there)
 pytestmark = pytest.mark.xdist_group("smoke-book")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,8 @@ def test_every_page_is_built(built_book):
         text = page.read_text()
         assert "injected-parameters" not in text, "papermill's injected cell must be hidden"
         assert f"{path.stem}.clean.ipynb" in text and "mybinder.org" in text, "download and launch links missing"
+        assert colab_url(repository_url(REPO), path.stem) in text, "Colab link missing"
+        assert (built_book.parent / "notebooks" / f"{path.stem}.clean.ipynb").exists(), "not collected for publishing"
     assert (built_book / "book" / "_vendor" / "mathjax" / "tex-chtml.js").exists() or \
         (built_book / "_static" / "mathjax" / "tex-chtml.js").exists()
 
@@ -62,33 +65,12 @@ def server(built_book):
     httpd.shutdown()
 
 
-@pytest.fixture(scope="session")
-def browser():
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync", "--disable-quic"])
-        yield b
-        b.close()
-
-
 def _open(browser, url):
     page = browser.new_page()
     requests = []
     page.on("request", lambda r: requests.append(r.url))
     page.goto(url, wait_until="networkidle")
     return page, requests
-
-
-def _assert_local(requests):
-    outside = [u for u in requests if not u.startswith(("http://127.0.0.1", "data:", "blob:", "about:"))]
-    assert not outside, f"requests left 127.0.0.1: {outside[:5]}"
 
 
 @pytest.mark.slow
@@ -117,7 +99,7 @@ def test_chapter_page_typesets_math_and_loads_figures(browser, server, stem):
     overflowing = page.evaluate("""() => [...document.querySelectorAll('div.cell_input pre, div.cell_output pre')]
         .filter(p => p.scrollWidth > p.clientWidth + 2).map(p => p.innerText.slice(0, 60))""")
     assert not overflowing, f"code lines run off the page: {overflowing[:3]}"
-    _assert_local(requests)
+    assert_local(requests)
     page.close()
 
 
@@ -129,7 +111,7 @@ def test_scorecard_lists_claims_offline(browser, server):
     assert "Scorecard" in text and "recorded" in text
     for path in discover_chapters(REPO).values():
         assert chapter_title(path) in text
-    _assert_local(requests)
+    assert_local(requests)
     page.close()
 
 

@@ -1,11 +1,16 @@
-"""Downloadable notebooks: the clean copy has no outputs and installs the pinned requirements first."""
+"""Downloadable notebooks: the clean copy has no outputs and installs the pinned requirements first;
+the Binder and Colab links point at the repository named in ``_config.yml``."""
 
+import shutil
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
+import yaml
 
-from overparam.book.downloads import add_downloads, binder_url, clean_notebook, install_runtime, launch_notebook
+from overparam.book.downloads import (NOTEBOOKS_BRANCH, add_downloads, binder_url, clean_notebook, colab_url,
+                                      install_runtime, launch_notebook)
 
 
 def _executed():
@@ -41,8 +46,75 @@ def test_add_downloads_writes_clean_copy_and_banner(tmp_path):
     page = nbformat.read(path, as_version=4)
     assert "{download}`executed notebook <01_x.ipynb>`" in page.cells[1].source
     assert binder_url("https://github.com/org/book", "abc123", "chapters/01_x.md") in page.cells[1].source
+    assert colab_url("https://github.com/org/book", "01_x") in page.cells[1].source
     assert (tmp_path / "downloads" / "01_x.clean.ipynb").exists()
     assert page.cells[3].outputs, "the executed page keeps its outputs"
+
+
+# ---------------------------------------------------------------- launch links
+@pytest.mark.parametrize("repo_url", ["https://github.com/org/book", "https://github.com/org/book/",
+                                      "https://github.com/org/book.git"])
+def test_launch_urls_name_the_github_repository(repo_url):
+    assert colab_url(repo_url, "01_x") == \
+        f"https://colab.research.google.com/github/org/book/blob/{NOTEBOOKS_BRANCH}/01_x.clean.ipynb"
+    assert colab_url(repo_url, "01_x", branch="gh/nb") == \
+        "https://colab.research.google.com/github/org/book/blob/gh%2Fnb/01_x.clean.ipynb"
+    assert binder_url(repo_url, "abc123", "chapters/01_x.md") == \
+        "https://mybinder.org/v2/gh/org/book/abc123?labpath=chapters%2F01_x.md"
+
+
+@pytest.mark.parametrize("repo_url", ["https://gitlab.com/org/book", "https://github.com/org",
+                                      "https://github.com/org/book/tree/main", "git@github.com:org/book.git"])
+def test_launch_urls_refuse_what_colab_and_binder_cannot_open(repo_url):
+    with pytest.raises(ValueError, match="repo_url"):
+        colab_url(repo_url, "01_x")
+    with pytest.raises(ValueError, match="repo_url"):
+        binder_url(repo_url, "abc123", "chapters/01_x.md")
+
+
+def test_staged_chapter_links_to_the_configured_repository(tmp_path):
+    """A fork changes ``repository.url``: the staged page's links and the published notebooks follow it."""
+    from overparam.book.build import PUBLISHED_NOTEBOOKS, stage_sources
+    from overparam.book.downloads import collect_clean_notebooks
+
+    from _support import make_root
+
+    root = make_root(tmp_path, {"01_toy": ""})
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    config["repository"]["url"] = fork = "https://github.com/someone/fork-of-book"
+    (root / "_config.yml").write_text(yaml.safe_dump(config))
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("generated", "_vendor", "*.pdf"))
+    runs = tmp_path / "runs"
+    (runs / "notebooks").mkdir(parents=True)
+    nbformat.write(jupytext.read(root / "chapters" / "01_toy.md"), runs / "notebooks" / "01_toy.ipynb")
+
+    stage = stage_sources(runs, root, tmp_path / "stage")
+    page = nbformat.read(stage / "chapters" / "01_toy.ipynb", as_version=4)
+    banner = next(c.source for c in page.cells if "Run this chapter yourself" in c.source)
+    assert f"]({colab_url(fork, '01_toy')})" in banner
+    assert "https://colab.research.google.com/github/someone/fork-of-book/blob/" in banner
+    assert "mybinder.org/v2/gh/someone/fork-of-book/" in banner and "overparameterized/" not in banner
+
+    published = collect_clean_notebooks(stage / "chapters", tmp_path / PUBLISHED_NOTEBOOKS, fork, "abc123")
+    assert [p.name for p in published] == ["01_toy.clean.ipynb"]
+    assert colab_url(fork, "01_toy").endswith("/" + published[0].name)
+    first = nbformat.read(published[0], as_version=4).cells[0].source
+    assert "raw.githubusercontent.com/someone/fork-of-book/" in first, "the notebook installs from the fork"
+    assert f"{fork}/tree/abc123" in (published[0].parent / "README.md").read_text()
+
+
+def test_publish_workflow_pushes_the_notebooks_before_the_pages():
+    """The Colab links resolve once published: the workflow pushes the folder the build collects to the branch
+    the links name, and deploys the pages only after that."""
+    from overparam.book.build import PUBLISHED_NOTEBOOKS
+
+    jobs = yaml.safe_load((REPO / ".github" / "workflows" / "publish.yml").read_text())["jobs"]
+    uploads = [s["with"]["path"] for s in jobs["build"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert uploads == [PUBLISHED_NOTEBOOKS.as_posix()]
+    push = jobs["notebooks"]["steps"][-1]["run"]
+    assert f"git push --force origin HEAD:refs/heads/{NOTEBOOKS_BRANCH}" in push
+    assert jobs["notebooks"]["permissions"] == {"contents": "write"}
+    assert "notebooks" in jobs["deploy"]["needs"]
 
 
 # ---------------------------------------------------------------- the install cell of the clean notebook

@@ -2,7 +2,8 @@
 
 Steps: run every chapter (``runner.run_chapters``; unchanged ones come from the
 cache), write the scorecard and provenance pages from the results files, stage
-a source tree holding the executed notebooks instead of the ``.md`` sources,
+a source tree holding the executed notebooks instead of the ``.md`` sources (with
+their download and launch links; the clean notebooks also go to ``_build/notebooks``),
 render the PDF from it when TeX is available (``overparam.book.pdf``), and render it
 with Jupyter Book 1.x (which must not execute anything again).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from overparam.book.claims import (CANNOT_DISCRIMINATE, FAIL, MISSING_CONTROL, PASS, RECORDED, STATUS_MARK,
                                    UNDERPOWERED, prediction_text, quality_flags)
-from overparam.book.downloads import add_downloads
+from overparam.book.downloads import add_downloads, collect_clean_notebooks
 from overparam.book.pdf import PDF_NAME, build_pdf, missing_tex_tools, pdf_link_markdown
 from overparam.book.provenance import git_commit, repo_root
 from overparam.book.runner import ChapterRun, discover_chapters, run_chapters, run_dir
@@ -203,6 +204,18 @@ def repository_url(root: Path) -> str:
     return config.get("repository", {}).get("url", "https://github.com/overparameterized/overparameterized")
 
 
+# Where ``build_book`` collects the clean notebooks (under ``path_output``); the publish workflow pushes
+# this folder to the branch that the Colab links open.
+PUBLISHED_NOTEBOOKS = Path("_build") / "notebooks"
+
+
+def book_commit(root: Path) -> str:
+    """The commit the launch links and install cells point at: ``HEAD`` (without ``+dirty``), or ``main``
+    outside a git checkout."""
+    commit = git_commit(root).replace("+dirty", "")
+    return "main" if commit == "unknown" else commit
+
+
 def stage_sources(runs_folder: Path, root: Path, stage: Path) -> Path:
     """A book source tree with executed notebooks in place of the chapter sources."""
     if stage.exists():
@@ -211,9 +224,7 @@ def stage_sources(runs_folder: Path, root: Path, stage: Path) -> Path:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copyfile(root / name, stage / name)
     shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("generated"))
-    repo_url = repository_url(root)
-    commit = git_commit(root).replace("+dirty", "")
-    commit = "main" if commit == "unknown" else commit
+    repo_url, commit = repository_url(root), book_commit(root)
     for cid, source in discover_chapters(root).items():
         good = runs_folder / "notebooks" / f"{source.stem}.ipynb"
         failed = runs_folder / "notebooks" / f"{source.stem}.failed.ipynb"
@@ -275,7 +286,9 @@ def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Pa
     Non-zero when a chapter failed to execute, a claim failed at a scale where it
     must hold, Sphinx reported a warning, or a PDF that was attempted failed; everything
     that did work is kept. The HTML lands in ``<path_output>/_build/html`` (``path_output``
-    defaults to the root), the PDF in ``<path_output>/_build/latex`` and in the HTML downloads.
+    defaults to the root), the PDF in ``<path_output>/_build/latex`` and in the HTML downloads, the clean
+    notebooks that the Colab links open in ``<path_output>/_build/notebooks`` (published to a branch by the
+    publish workflow; see ``overparam.book.downloads``).
     ``pdf``: "auto" (when TeX is installed), "yes" (required), "no".
     """
     if pdf not in PDF_CHOICES:
@@ -289,6 +302,7 @@ def build_book(scale: str = "ci", chapters: list[str] | None = None, *, root: Pa
     runs: list[ChapterRun] = run_chapters(chapters, scale, root=root, force=force, log=log)
     folder = run_dir(scale, root)
     stage = stage_sources(folder, root, path_output / "_build" / f"stage-{scale}")
+    collect_clean_notebooks(stage / "chapters", path_output / PUBLISHED_NOTEBOOKS, repository_url(root), book_commit(root))
     write_generated_pages(folder, root, stage)
     pdf_ok = render_pdf_page(stage, path_output, scale, pdf, log=log)
     log("rendering HTML with Jupyter Book ...", flush=True)

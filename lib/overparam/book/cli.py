@@ -1,4 +1,4 @@
-"""Command line: ``python -m overparam {list,run,build,sweep,student,grade}``.
+"""Command line: ``python -m overparam {list,run,build,sweep,student,grade,lab}``.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     python -m overparam sweep --scale full --seeds 0,1,2 --engine ray      # on a Ray cluster
     python -m overparam student --out student     # the student edition (.ipynb, solutions removed)
     python -m overparam grade submissions/*.ipynb # autograde filled-in student notebooks
+    python -m overparam lab                       # JupyterLab: chapters/NN_topic.md open as notebooks
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--chapter", default=None, help="chapter id; default: from each file name (NN_...)")
     grade.add_argument("--scale", default="smoke", help="scale to execute submissions at (default smoke)")
     grade.add_argument("--json", default=None, help="also write the reports to this JSON file")
+    lab = sub.add_parser("lab", help="JupyterLab on the repository: chapters/NN_topic.md open as notebooks (jupytext)")
+    lab.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: 8888 or the next free one)")
+    lab.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
     args = parser.parse_args(argv)
 
     from overparam.book.runner import declared_parameters, discover_chapters, run_chapters
@@ -71,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "student":
             return _student(args)
+        if args.command == "lab":
+            from overparam.book.lab import run_lab
+            from overparam.book.provenance import repo_root
+
+            run_lab(repo_root(), port=args.port, open_browser=not args.no_browser)  # replaces this process
+            return 0
         if args.command == "grade":
             return _grade(args)
         if args.command == "sweep":

@@ -3,17 +3,32 @@
 Each chapter page gets a banner offering the executed notebook (with outputs), a clean
 notebook (no outputs) whose first cell installs the chapters' pinned runtime
 (``requirements-runtime.txt``, with the CUDA build of JAX where there is a GPU; for any hosted
-notebook service: upload it and run), and a Binder launch link (Binder installs
-``requirements.txt`` itself and opens the MyST source as a notebook through jupytext).
+notebook service: upload it and run), a Binder launch link (Binder installs
+``requirements.txt`` itself and opens the MyST source as a notebook through jupytext) and a
+Colab link to the same clean notebook.
+
+Both links are built from ``repository.url`` in ``_config.yml``, which must be a GitHub
+repository (Binder's ``gh`` provider and Colab open only those). Binder opens the sources at the
+book's commit. Colab opens a notebook file from a GitHub branch: the build collects the clean
+notebooks into ``_build/notebooks`` (``collect_clean_notebooks``), and the publish workflow
+(``.github/workflows/publish.yml``) makes that folder the tip of the branch ``NOTEBOOKS_BRANCH``
+before it deploys the pages, so a Colab link resolves once the book is published by the workflow.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+import shutil
 from pathlib import Path
 from urllib.parse import quote
 
 import nbformat
+
+# The branch of the repository that holds the clean notebooks of the published book (Colab opens them
+# from there); the publish workflow pushes it. Its files: ``NN_topic.clean.ipynb`` and a README.
+NOTEBOOKS_BRANCH = "notebooks"
+
 
 def install_runtime(raw: str, repo: str, commit: str, run=None, nvidia_smi: str = "nvidia-smi",
                     python: str | None = None) -> list[list[str]]:
@@ -134,10 +149,32 @@ def launch_notebook(nb, repo_url: str, commit: str):
     return nb
 
 
+def github_slug(repo_url: str) -> str:
+    """``owner/name`` of a GitHub repository URL ``https://github.com/owner/name`` (a trailing ``/`` or
+    ``.git`` is allowed); ``ValueError`` for any other URL."""
+    found = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?", repo_url)
+    if found is None:
+        raise ValueError(f"repo_url must be a GitHub repository URL, https://github.com/<owner>/<name> "
+                         f"(Binder and Colab open GitHub repositories), got {repo_url!r}")
+    return f"{found[1]}/{found[2]}"
+
+
 def binder_url(repo_url: str, commit: str, source: str) -> str:
     """Binder link opening ``source`` (a path in the repository) in JupyterLab at ``commit``."""
-    slug = repo_url.rstrip("/").replace("https://github.com/", "")
-    return f"https://mybinder.org/v2/gh/{slug}/{commit}?labpath={quote(source, safe='')}"
+    return f"https://mybinder.org/v2/gh/{github_slug(repo_url)}/{commit}?labpath={quote(source, safe='')}"
+
+
+def clean_name(stem: str) -> str:
+    """File name of a chapter's clean notebook, in the page's downloads and on ``NOTEBOOKS_BRANCH``."""
+    return f"{stem}.clean.ipynb"
+
+
+def colab_url(repo_url: str, stem: str, branch: str = NOTEBOOKS_BRANCH) -> str:
+    """Colab link opening the clean notebook of chapter ``stem`` (``NN_topic``) from ``branch`` of the
+    GitHub repository ``repo_url``: ``https://colab.research.google.com/github/<owner>/<name>/blob/<branch>/<file>``.
+    The file exists there once the publish workflow has pushed the build's ``_build/notebooks`` to ``branch``."""
+    return (f"https://colab.research.google.com/github/{github_slug(repo_url)}/blob/{quote(branch, safe='')}/"
+            f"{quote(clean_name(stem))}")
 
 
 def banner(stem: str, repo_url: str, commit: str) -> str:
@@ -145,9 +182,10 @@ def banner(stem: str, repo_url: str, commit: str) -> str:
     return (
         ":::{note}\n"
         f"**Run this chapter yourself.** Download the {{download}}`executed notebook <{stem}.ipynb>` "
-        f"or the {{download}}`clean notebook <downloads/{stem}.clean.ipynb>` (no outputs; its first cell "
-        f"installs the pinned requirements on any hosted service), or "
-        f"[launch it on Binder]({binder_url(repo_url, commit, f'chapters/{stem}.md')}). "
+        f"or the {{download}}`clean notebook <downloads/{clean_name(stem)}>` (no outputs; its first cell "
+        f"installs the pinned requirements on any hosted service), "
+        f"[launch it on Binder]({binder_url(repo_url, commit, f'chapters/{stem}.md')}), or "
+        f"[open the clean notebook in Colab]({colab_url(repo_url, stem)}) (with a GPU runtime for `full`). "
         "Set `scale` in the parameters cell (`smoke`, `ci`, `full`) to fit your machine.\n"
         ":::\n"
     )
@@ -158,7 +196,24 @@ def add_downloads(staged_notebook: Path, repo_url: str, commit: str) -> None:
     nb = nbformat.read(staged_notebook, as_version=4)
     folder = staged_notebook.parent / "downloads"
     folder.mkdir(exist_ok=True)
-    nbformat.write(launch_notebook(nb, repo_url, commit), folder / f"{staged_notebook.stem}.clean.ipynb")
+    nbformat.write(launch_notebook(nb, repo_url, commit), folder / clean_name(staged_notebook.stem))
     first_heading = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), 0)
     nb.cells.insert(first_heading + 1, nbformat.v4.new_markdown_cell(banner(staged_notebook.stem, repo_url, commit)))
     nbformat.write(nb, staged_notebook)
+
+
+def collect_clean_notebooks(staged_chapters: Path, out: Path, repo_url: str, commit: str) -> list[Path]:
+    """Copy the clean notebooks that ``add_downloads`` wrote under ``staged_chapters/downloads`` into ``out``
+    (emptied first), with a README naming the commit: the files of ``NOTEBOOKS_BRANCH``. Returns the notebooks."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    copied = [Path(shutil.copyfile(nb, out / nb.name))
+              for nb in sorted((staged_chapters / "downloads").glob(clean_name("*")))]
+    (out / "README.md").write_text(
+        "# Clean notebooks of the book's chapters\n\n"
+        f"Built from {repo_url}/tree/{commit}. Each notebook has no outputs; its first cell installs the\n"
+        "chapters' pinned runtime (the CUDA build of JAX on a GPU runtime) and the book's library at that\n"
+        "commit. Open them from the chapter pages (\"open the clean notebook in Colab\"). This branch is\n"
+        "replaced each time the book is published.\n")
+    return copied
