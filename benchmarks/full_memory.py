@@ -86,14 +86,30 @@ def abstract(fn, *args):
 def ch01(c):
     from overparam.experiments import transition_to_linearity as tl
 
-    m, deep = max(c["widths"]), c["deep_wide_max"]
+    m, deep, b = max(c["widths"]), c["deep_wide_max"], c["batch_size"]
+    d, s, n, nt, ni, steps = c["d"], c["n_seeds"], c["n_train"], c["n_test"], c["n_hess_inputs"], c["num_steps"]
+    # the chapter's batch_size: None vmaps every seed and every per-seed run at once; an int runs the seeds in
+    # sequence and b of a seed's Lanczos runs (one per input) or kernel columns at a time
+    seeds, per = (f"{s} seeds vmapped", "") if b is None else (f"{s} seeds in sequence", f", {b} at a time")
+    train = (keys(s), f32(n, d), f32(n, 1), f32(nt, d), f32())
     return [
-        (f"train_vs_linear, width {m}, {c['n_seeds']} seeds vmapped, {c['num_steps']} GD steps",
-         lambda k, x, y, xt, a: tl._train_vs_linear((c["d"], m, 1), "relu", "ntk", c["num_steps"], k, x, y, xt, a),
-         (keys(c["n_seeds"]), f32(c["n_train"], c["d"]), f32(c["n_train"], 1), f32(c["n_test"], c["d"]), f32()), False),
-        (f"hessian_norm_at_init, widths (d, {deep}, {deep}, {deep}, 1), {c['n_seeds']} seeds x {c['n_hess_inputs']} inputs",
-         lambda k, x: tl._hessian_norm_at_init((c["d"], deep, deep, deep, 1), "tanh", "ntk", 30, k, x),
-         (keys(c["n_seeds"]), f32(c["n_hess_inputs"], c["d"])), False),
+        (f"train_vs_linear, width {m}, {seeds}, {steps} GD steps",
+         lambda k, x, y, xt, a: tl._train_vs_linear((d, m, 1), "relu", "ntk", steps, False, b, k, x, y, xt, a),
+         train, False),
+        (f"train_vs_linear, frozen pattern, width {m}, {seeds}, {n} kernel columns per seed{per}, {steps} GD steps",
+         lambda k, x, y, xt, a: tl._train_vs_linear((d, m, 1), "relu", "ntk", steps, True, b, k, x, y, xt, a),
+         train, False),
+        (f"nonlinear_output_sweep, width {m}, {seeds}, {ni} Lanczos runs and {n} kernel columns per seed{per}, "
+         f"{steps} GD steps",
+         lambda k, x, y, xh: tl._nonlinear_output_sweep((d, m, 1), steps, 30, b, k, x, y, xh),
+         (keys(s), f32(n, d), f32(n, 1), f32(ni, d)), False),
+        (f"hessian_norm_at_init, widths (d, {deep}, {deep}, {deep}, 1), {seeds}, {ni} Lanczos runs per seed{per}",
+         lambda k, x: tl._hessian_norm_at_init((d, deep, deep, deep, 1), "tanh", "ntk", 30, b, k, x),
+         (keys(s), f32(ni, d)), False),
+        (f"hessian_norm_skip_bottleneck, widths (d, {deep}, {c['bottleneck']}, {deep}, 1) + skip, {seeds}, "
+         f"{ni} Lanczos runs per seed{per}",
+         lambda k, x: tl._hessian_norm_skip_bottleneck(d, deep, c["bottleneck"], 30, b, k, x),
+         (keys(s), f32(ni, d)), False),
     ]
 
 

@@ -116,3 +116,27 @@ def test_nonlinear_output_keeps_an_order_one_hessian_and_still_trains():
     assert hess_wide.shape == (2, 2) and ratio.shape == (2,)
     assert float(hess_wide.mean()) > 0.5 * float(hess_narrow.mean())   # no 1/sqrt(m) decay (that would be 1/8)
     assert float(ratio.max()) < 0.05
+
+
+def test_batch_size_bounds_memory_without_changing_the_results():
+    # batch_size runs the seeds in sequence and a seed's Lanczos runs / kernel columns a few at a time;
+    # the numbers are those of the all-at-once vmap, to float32 rounding.
+    from overparam.experiments.transition_to_linearity import hessian_norm_skip_bottleneck, nonlinear_output_sweep
+    x, x_te, xh = normal((8, 4), 1), normal((5, 4), 2), normal((3, 4), 3)
+    y = jnp.sin(x[:, :1])
+    keys = jax.random.split(jax.random.key(6), 3)
+    close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)  # noqa: E731
+    for batch_size in (1, 2):
+        close(hessian_norm_at_init((4, 16, 1), "tanh", keys, xh, num_iters=10, batch_size=batch_size),
+              hessian_norm_at_init((4, 16, 1), "tanh", keys, xh, num_iters=10))
+        close(hessian_norm_skip_bottleneck(4, 8, 2, 10, keys, xh, batch_size=batch_size),
+              hessian_norm_skip_bottleneck(4, 8, 2, 10, keys, xh))
+        jax.tree.map(close, nonlinear_output_sweep((4, 32, 1), 20, 10, keys, x, y, xh, batch_size=batch_size),
+                     nonlinear_output_sweep((4, 32, 1), 20, 10, keys, x, y, xh))
+        for frozen in (False, True):
+            jax.tree.map(close, train_vs_linear((4, 32, 1), "relu", keys, x, y, x_te, num_steps=20,
+                                                frozen_pattern=frozen, batch_size=batch_size),
+                         train_vs_linear((4, 32, 1), "relu", keys, x, y, x_te, num_steps=20, frozen_pattern=frozen))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            hessian_norm_at_init((4, 16, 1), "tanh", keys, xh, batch_size=bad)

@@ -1,7 +1,12 @@
 """Transition to linearity: width sweeps of curvature, kernel motion and distance to the linear model.
 
 Each function handles one architecture (one ``widths`` tuple) for a batch of seeds, jitted
-once per shape and ``vmap``-ed over seeds; a chapter loops over widths. Networks are
+once per shape; a chapter loops over widths. ``batch_size=None`` (the default) ``vmap``s over
+the seeds and, within a seed, over the inputs or kernel columns, all at once. Memory then grows
+like seeds x inputs x the Lanczos basis ((num_iters + 1) x P floats) or seeds x N^2 x width
+(kernel columns of ``ntk_vjp_jvp``); an int runs the seeds one after another and ``batch_size``
+inputs or columns of a seed at a time (``jax.lax.map``): the same results to rounding, in
+bounded memory. Networks are
 ``overparam.models.MLPSpec`` without biases; losses are ``mse_loss`` (1/(2N) sum of squares), so
 learning rates are given as a fraction of the linear model's GD threshold 2N / lambda_max(Theta_0).
 """
@@ -23,24 +28,52 @@ from overparam.stats import loglog_fit
 from overparam.training import batch_loss, max_stable_lr, train_gd
 
 
-def hessian_norm_at_init(widths, activation, keys, xs, parameterization="ntk", num_iters=30):
-    """||d^2 f(x)/d theta^2||_2 at initialization, shape (S, M): S seeds (``keys``) by M inputs ``xs`` (M, d).
+def _map(fn, xs, batch_size):
+    """``fn`` over the leading axis of the pytree ``xs``: all at once (``vmap``), or ``batch_size`` at a time.
 
-    Compiled once per (widths, activation, parameterization, num_iters, shapes of keys and xs).
+    An int uses ``jax.lax.map`` (a loop over chunks of ``batch_size``, vmapped within; 1: a plain loop).
     """
-    return _hessian_norm_at_init(tuple(widths), activation, parameterization, num_iters, keys, xs)
+    if batch_size is None:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=None if batch_size == 1 else batch_size)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _hessian_norm_at_init(widths, activation, parameterization, num_iters, keys, xs):
-    apply_fn = MLPSpec(widths, activation, parameterization, use_bias=False)
-    params = apply_fn.init_ensemble(keys)
+def _map_seeds(fn, xs, batch_size):
+    """``fn`` over the seeds (leading axis of ``xs``): all at once for batch_size=None, else one after another."""
+    return _map(fn, xs, None if batch_size is None else 1)
+
+
+def _check_batch_size(batch_size):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r}; expected None (all at once) or a positive int")
+    return batch_size
+
+
+def _seed_input_hessian_norms(apply_fn, params, keys, xs, num_iters, batch_size):
+    """Lanczos ||d^2 apply_fn(x)/d theta^2||_2 for each seed (params, Lanczos key from ``keys``) and input: (S, M)."""
     lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
 
-    def per_seed(p, k):
-        return jax.vmap(lambda x: model_hessian_spectral_norm(apply_fn, p, x, k, num_iters))(xs)
+    def per_seed(pk):
+        p, k = pk
+        return _map(lambda x: model_hessian_spectral_norm(apply_fn, p, x, k, num_iters), xs, batch_size)
 
-    return jax.vmap(per_seed)(params, lanczos_keys)
+    return _map_seeds(per_seed, (params, lanczos_keys), batch_size)
+
+
+def hessian_norm_at_init(widths, activation, keys, xs, parameterization="ntk", num_iters=30, *, batch_size=None):
+    """||d^2 f(x)/d theta^2||_2 at initialization, shape (S, M): S seeds (``keys``) by M inputs ``xs`` (M, d).
+
+    Compiled once per (widths, activation, parameterization, num_iters, batch_size, shapes of keys
+    and xs). batch_size: see the module docstring (an int holds ``batch_size`` Lanczos bases at once).
+    """
+    return _hessian_norm_at_init(tuple(widths), activation, parameterization, num_iters, _check_batch_size(batch_size),
+                                 keys, xs)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _hessian_norm_at_init(widths, activation, parameterization, num_iters, batch_size, keys, xs):
+    apply_fn = MLPSpec(widths, activation, parameterization, use_bias=False)
+    return _seed_input_hessian_norms(apply_fn, apply_fn.init_ensemble(keys), keys, xs, num_iters, batch_size)
 
 
 @partial(jax.tree_util.register_dataclass,
@@ -113,7 +146,7 @@ def linear_model_distance(ntk_train, residual0, lr, num_steps):
 
 
 def train_vs_linear(widths, activation, keys, x_train, y_train, x_test, *, parameterization="ntk",
-                    lr_fraction=0.5, num_steps=500, frozen_pattern=False) -> LazyTrainingReport:
+                    lr_fraction=0.5, num_steps=500, frozen_pattern=False, batch_size=None) -> LazyTrainingReport:
     """Train ``MLPSpec(widths, activation, parameterization, use_bias=False)`` by full-batch GD and compare with its linearization, for each seed.
 
     x_train (N, d), y_train (N, 1), x_test (M, d). The same lr and step count drive the network
@@ -121,18 +154,20 @@ def train_vs_linear(widths, activation, keys, x_train, y_train, x_test, *, param
     ``lr_fraction`` is traced: changing it does not recompile; ``num_steps`` and the architecture do.
     ``frozen_pattern=True`` trains ``frozen_pattern_apply`` instead (two layers only): the same
     network and linear model at theta_0, with the activation pattern held at initialization.
+    batch_size: see the module docstring (an int: seeds one at a time, and with ``frozen_pattern``
+    ``batch_size`` columns of the final kernel at a time).
     """
     if y_train.ndim != 2 or y_train.shape != (x_train.shape[0], 1):
         raise ValueError(f"y_train has shape {y_train.shape}; expected ({x_train.shape[0]}, 1)")
     if frozen_pattern and len(widths) != 3:
         raise ValueError(f"frozen_pattern=True needs widths (d, m, 1); got {tuple(widths)}")
-    return _train_vs_linear(tuple(widths), activation, parameterization, int(num_steps), bool(frozen_pattern), keys,
-                            x_train, y_train, x_test, jnp.asarray(lr_fraction))
+    return _train_vs_linear(tuple(widths), activation, parameterization, int(num_steps), bool(frozen_pattern),
+                            _check_batch_size(batch_size), keys, x_train, y_train, x_test, jnp.asarray(lr_fraction))
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _train_vs_linear(widths, activation, parameterization, num_steps, frozen_pattern, keys, x_train, y_train, x_test,
-                     lr_fraction):
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _train_vs_linear(widths, activation, parameterization, num_steps, frozen_pattern, batch_size, keys, x_train, y_train,
+                     x_test, lr_fraction):
     spec = MLPSpec(widths, activation, parameterization, use_bias=False)
     params0 = spec.init_ensemble(keys)
     n = x_train.shape[0]
@@ -144,7 +179,7 @@ def _train_vs_linear(widths, activation, parameterization, num_steps, frozen_pat
         lr = lr_fraction * max_stable_lr(k_train)
         net = frozen_pattern_apply(spec, p0) if frozen_pattern else spec
         result = train_gd(batch_loss(net), p0, lr, num_steps, record_every=num_steps, data=(x_train, y_train))
-        k_final = (ntk_vjp_jvp(net, result.params, x_train) if frozen_pattern
+        k_final = (ntk_vjp_jvp(net, result.params, x_train, batch_size=batch_size) if frozen_pattern
                    else ntk_layerwise(spec, result.params, x_train))
         change = jnp.linalg.norm(k_final - k_train) / jnp.linalg.norm(k_train)
         f0 = spec(p0, x_all)[:, 0]
@@ -158,7 +193,7 @@ def _train_vs_linear(widths, activation, parameterization, num_steps, frozen_pat
                                   distance, linear_model_distance(k_train, y_train[:, 0] - f0[:n], lr, num_steps),
                                   flips)
 
-    return jax.vmap(one)(params0)
+    return _map_seeds(one, params0, batch_size)
 
 
 def sweep_statistics(reports) -> dict[str, np.ndarray]:
@@ -236,16 +271,18 @@ def skip_bottleneck_net(params, x):
     return h3 @ params["v"] / jnp.sqrt(m)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def hessian_norm_skip_bottleneck(d, m, k, num_iters, keys, xs):
-    """||d^2 f(x)/d theta^2||_2 of ``skip_bottleneck_net`` at initialization: (S, M) for S ``keys``, M inputs ``xs``."""
+def hessian_norm_skip_bottleneck(d, m, k, num_iters, keys, xs, *, batch_size=None):
+    """||d^2 f(x)/d theta^2||_2 of ``skip_bottleneck_net`` at initialization: (S, M) for S ``keys``, M inputs ``xs``.
+
+    batch_size: see the module docstring.
+    """
+    return _hessian_norm_skip_bottleneck(d, m, k, num_iters, _check_batch_size(batch_size), keys, xs)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _hessian_norm_skip_bottleneck(d, m, k, num_iters, batch_size, keys, xs):
     params = jax.vmap(lambda key: skip_bottleneck_init(key, d, m, k))(keys)
-    lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
-
-    def per_seed(p, key):
-        return jax.vmap(lambda x: model_hessian_spectral_norm(skip_bottleneck_net, p, x, key, num_iters))(xs)
-
-    return jax.vmap(per_seed)(params, lanczos_keys)
+    return _seed_input_hessian_norms(skip_bottleneck_net, params, keys, xs, num_iters, batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,21 +301,28 @@ class NonlinearOutput:
         return g + 0.5 * jnp.tanh(g)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
-def nonlinear_output_sweep(widths, num_steps, num_iters, keys, x_train, y_train, x_hess):
+def nonlinear_output_sweep(widths, num_steps, num_iters, keys, x_train, y_train, x_hess, *, batch_size=None):
     """Hessian norm at init (S, M) and loss ratio L_T / L_0 after GD (S,) for ``NonlinearOutput`` of a two-layer ReLU net.
 
-    lr = 1/2 * 2N / lambda_max(K_f(theta_0)), the same rule as ``train_vs_linear``.
+    lr = 1/2 * 2N / lambda_max(K_f(theta_0)), the same rule as ``train_vs_linear``. batch_size: see
+    the module docstring (an int: seeds one at a time, ``batch_size`` Lanczos runs and kernel columns at a time).
     """
+    return _nonlinear_output_sweep(tuple(widths), num_steps, num_iters, _check_batch_size(batch_size), keys, x_train,
+                                   y_train, x_hess)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _nonlinear_output_sweep(widths, num_steps, num_iters, batch_size, keys, x_train, y_train, x_hess):
     net = NonlinearOutput(MLPSpec(widths, "relu", "ntk", use_bias=False))
     params0 = net.spec.init_ensemble(keys)
     lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
 
-    def one(p0, key):
-        hess = jax.vmap(lambda x: model_hessian_spectral_norm(net, p0, x, key, num_iters))(x_hess)
-        lr = 0.5 * max_stable_lr(ntk_vjp_jvp(net, p0, x_train))
+    def one(pk):
+        p0, key = pk
+        hess = _map(lambda x: model_hessian_spectral_norm(net, p0, x, key, num_iters), x_hess, batch_size)
+        lr = 0.5 * max_stable_lr(ntk_vjp_jvp(net, p0, x_train, batch_size=batch_size))
         result = train_gd(batch_loss(net), p0, lr, num_steps, record_every=num_steps, data=(x_train, y_train))
         loss0 = batch_loss(net)(p0, x_train, y_train)
         return hess, result.final_loss / loss0
 
-    return jax.vmap(one)(params0, lanczos_keys)
+    return _map_seeds(one, (params0, lanczos_keys), batch_size)
