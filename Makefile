@@ -40,7 +40,7 @@ pdf: install vendor          ## the book and its PDF (_build/latex/overparameter
 	$(PY) -m overparam build --scale $(SCALE) --pdf yes
 
 test: install vendor         ## the whole test suite (chapters at smoke scale, the book in a browser), TEST_JOBS processes
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_JOBS)
 
 test-fast: install           ## unit tests only
 	$(PY) -m pytest -n $(TEST_JOBS) -m "not slow and not browser"

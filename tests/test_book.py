@@ -21,8 +21,6 @@ from overparam.book.runner import discover_chapters, run_dir
 from _support import assert_local
 
 REPO = Path(__file__).resolve().parents[1]
-# one pytest-xdist process for this file and tests/test_chapters.py (see SMOKE_BOOK there)
-pytestmark = pytest.mark.xdist_group("smoke-book")
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,21 @@ def test_failed_rerun_keeps_last_good_notebook(tmp_path):
     assert good.read_bytes() == before
     status = json.loads((runner.run_dir("ci", root) / "status" / "01.json").read_text())
     assert status["status"] == "failed"
+
+
+def _run_tiny(root):
+    from overparam.book import runner as r
+
+    return r.run_chapter("01", "smoke", root=root).status
+
+
+@pytest.mark.slow
+def test_two_processes_running_one_chapter_take_turns(tmp_path):
+    """The second of two simultaneous runs of a chapter waits for the first and finds it cached."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = make_root(tmp_path, {"01_slow": "import time; time.sleep(3)"})
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        statuses = sorted(pool.map(_run_tiny, [root, root]))
+    assert statuses == ["cached", "ok"], statuses

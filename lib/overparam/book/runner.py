@@ -9,6 +9,7 @@ produces::
     status/<id>.json               outcome of the last attempt (ok/cached/failed)
     figures/<id>/*.png             figures saved by the chapter
     keys/<id>.key                  cache key of the last successful run
+    locks/<id>.lock                held while the chapter runs (one run of a chapter at a time)
 
 A chapter is re-executed only when its cache key changes: the key hashes the
 chapter source, its parameters, every file of ``lib/overparam`` and the pinned
@@ -330,9 +331,37 @@ def run_chapter(
     cid = CHAPTER_RE.match(source.name).group(1)
     params = validate_parameters(source, scale, overrides)
     out = Path(out or run_dir(scale, root))
+    for d in ("notebooks", "results", "figures", "status", "keys", "locks"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    with _chapter_lock(out / "locks" / f"{cid}.lock"):
+        return _run_locked(source, cid, scale, params, root, out, force, timeout_s, progress, kernel_name)
+
+
+@contextmanager
+def _chapter_lock(path: Path):
+    """An exclusive lock on ``path`` (POSIX ``flock``) for one chapter's run folder.
+
+    Two processes that run the same chapter into the same folder (the test suite's processes, a
+    sweep beside a book build) take turns: the second one then finds the run cached instead of
+    executing the chapter again at the same time. Without ``fcntl`` (not POSIX) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_locked(source: Path, cid: str, scale: str, params: dict[str, Any], root: Path, out: Path, force: bool,
+                timeout_s: int | None, progress, kernel_name: str) -> ChapterRun:
+    """``run_chapter`` once the chapter's lock is held: the cache check, then papermill."""
     nb_dir, res_dir, fig_dir = out / "notebooks", out / "results", out / "figures"
-    for d in (nb_dir, res_dir, fig_dir, out / "status", out / "keys"):
-        d.mkdir(parents=True, exist_ok=True)
     final_nb = nb_dir / f"{source.stem}.ipynb"
     key = cache_key(source, params, root)
     key_file = out / "keys" / f"{cid}.key"
