@@ -164,19 +164,80 @@ def test_block_diagonal_operator_push_through_and_limits(x64):
     np.testing.assert_allclose(a, expected, atol=1e-10)
 
 
-def test_kfac_layer_operator_is_the_hadamard_product_of_projections(x64):
-    term, hadamard, s = cur.kfac_layer_operator(num_examples=3, n_in=2, n_out=2)
-    assert (term - hadamard).applyfunc(sp.cancel) == sp.zeros(3, 3)
-    assert not sp.simplify(term[0, 1]) == 0                        # generic: not diagonal, not isotropic
-    # the last layer of a one-output net: deltas all one (rank-one delta Gram), yet the term is P_a = I
-    last, last_h, ls = cur.kfac_layer_operator(num_examples=2, n_in=2, n_out=1, constant_delta=True)
-    assert last.applyfunc(sp.cancel) == sp.eye(2)
-    assert ls["P_delta"].rank() == 1
-    with pytest.raises(ValueError, match="constant_delta"):
-        cur.kfac_layer_operator(2, 2, 2, constant_delta=True)
-    with pytest.raises(ValueError, match="num_examples"):
-        cur.kfac_layer_operator(2, 3, 1)
-    # numerics: the library's K-FAC layer terms are N (P_a o P_delta) of the net's layer features
+def test_push_through_commutator_vanishes_and_the_ngd_operator_is_the_parameter_space_one(x64):
+    """(J^T J + rho) J^T = J^T (J J^T + rho) for every shape; the library's N x N operator is the P x P definition."""
+    comm, s = cur.push_through_commutator()
+    assert comm == sp.ZeroMatrix(s["p"], s["n"])
+    model = MLPSpec((3, 4, 1), "relu", "ntk", use_bias=False)
+    params, x, rho = model.init(0), jax.random.normal(jax.random.key(1), (5, 3)), 0.05
+    jac = np.concatenate([np.asarray(j).reshape(5, -1) for j in jax.tree.leaves(output_jacobian(model, params, x))], axis=1)
+    fisher_damped = jac.T @ jac / 5 + rho * np.eye(jac.shape[1])                  # P x P, P = 16 > N = 5
+    expected = jac @ np.linalg.solve(fisher_damped, jac.T) / 5
+    np.testing.assert_allclose(np.asarray(ng.function_space_operator("ngd", model, params, x, rho)), expected, atol=1e-12)
+
+
+def test_layer_jacobian_rows_are_kronecker_products():
+    """The chain rule through an unspecified rest of the network F gives rows a_n (x) delta_n; the last layer delta_n = 1."""
+    a = cur._symbolic("a", 2, 3)
+    jac, delta = cur.layer_jacobian(a, 2)
+    assert jac == sp.Matrix([list(sp.kronecker_product(a[i, :], delta[i, :])) for i in range(2)])
+    last, ones = cur.layer_jacobian(a, 1, last_layer=True)
+    assert ones == sp.ones(2, 1) and last == a
+    with pytest.raises(ValueError, match="last_layer"):
+        cur.layer_jacobian(a, 2, last_layer=True)
+
+
+@pytest.mark.parametrize("n,n_in,n_out,last", [(3, 2, 2, False), (2, 3, 3, False), (2, 1, 3, False),
+                                               (3, 2, 1, True), (2, 3, 1, True)])
+def test_kfac_layer_term_is_the_hadamard_product_of_projections(n, n_in, n_out, last):
+    """rho -> 0 of K-FAC's damped term, formed in parameter space, is N (P_a o P_delta): factors invertible or singular."""
+    term, hadamard, s = cur.kfac_layer_operator(n, n_in, n_out, last_layer=last)
+    assert cur.rational_zero(term - hadamard)
+    off_diagonal = [term[i, j] for i in range(n) for j in range(n) if i != j]
+    if last:      # deltas all one (rank-one delta Gram): the term is P_a, the identity iff the inputs span R^N
+        assert cur.rational_zero(term - s["P_a"])
+        assert (term == sp.eye(n)) == (n_in >= n)
+    elif n_out >= n:   # deltas span R^N: P_delta = I and the term is N diag(P_a), diagonal by the derivation
+        assert all(v == 0 for v in off_diagonal) and (n_in >= n) == (term == n * sp.eye(n))
+    else:         # generic: not diagonal
+        assert any(v != 0 for v in off_diagonal)
+
+
+def test_kfac_network_operator_is_the_closed_form_and_can_fail():
+    """Widths >= N: first layer N diag(h), hidden N I, last I, summing to (1 + (L-2) N) I + N diag(h)."""
+    net = cur.kfac_network_operator(num_examples=2, input_dim=1, width=3, depth=3)
+    assert cur.rational_zero(net["operator"] - net["closed_form"])
+    assert net["terms"][1] == 2 * sp.eye(2) and net["terms"][2] == sp.eye(2)
+    assert sp.simplify(sum(net["leverage"])) == 1                                      # leverages sum to d = 1
+    # control: a hidden width below N (2 < N = 3) breaks P_delta = I and the closed form with it (one exact
+    # rational point where the difference is non-zero proves it is not identically zero)
+    narrow = cur.kfac_network_operator(num_examples=3, input_dim=1, width=2, depth=3)
+    diff = narrow["operator"] - narrow["closed_form"]
+    point = {v: sp.Integer(k % 7 + 1) * (-1) ** k for k, v in enumerate(sorted(diff.free_symbols, key=str))}
+    assert diff.subs(point) != sp.zeros(3, 3)
+    with pytest.raises(ValueError, match="depth"):
+        cur.kfac_network_operator(depth=1)
+
+
+def test_kfac_derivation_matches_the_library(x64):
+    """The damped symbolic terms at a small net's features equal kfac_layer_terms; the rho -> 0 operator, kfac_operator."""
+    net = cur.kfac_network_operator(num_examples=2, input_dim=1, width=3, depth=3)
+    spec = MLPSpec((1, 3, 3, 1), "tanh", "ntk", use_bias=False)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), spec.init(0))
+    x = jax.random.normal(jax.random.key(1), (2, 1), jnp.float64)
+    acts, deltas = mlp_layer_features(spec, params, x)
+    rho = 0.1                                                # a damping that matters: the comparison is sharp
+    lib_terms = ng.kfac_layer_terms(spec, params, x, rho)
+    for layer, (_, _, w_mult, _), a_l, d_l, lib in zip(net["layers"], spec.layer_scales(), acts, deltas, lib_terms):
+        values = {**dict(zip(layer["a"], np.ravel(w_mult * np.asarray(a_l)))),
+                  **dict(zip(layer["delta"], np.ravel(np.asarray(d_l[:, :, 0])))), layer["rho"]: rho}
+        symbols = [sym for sym in values if sym in layer["term_rho"].free_symbols]
+        damped = to_numeric(layer["term_rho"], symbols, backend="numpy")(*[values[sym] for sym in symbols])
+        np.testing.assert_allclose(np.asarray(damped, dtype=float), np.asarray(lib), rtol=1e-12, atol=1e-12)
+    op = to_numeric(net["operator"], list(net["x"]), backend="numpy")(*np.ravel(np.asarray(x)))
+    np.testing.assert_allclose(np.asarray(op, dtype=float), np.asarray(ng.kfac_operator(spec, params, x, 1e-12)),
+                               atol=1e-9)
+    # larger net, numerics only: each library term is N (P_a o P_delta) of the layer features
     model = MLPSpec((3, 8, 8, 1), "relu", "ntk", use_bias=False)
     params, x = model.init(0), jax.random.normal(jax.random.key(1), (5, 3))
     terms = ng.kfac_layer_terms(model, params, x, 1e-12)

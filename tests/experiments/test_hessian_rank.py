@@ -159,3 +159,30 @@ def test_relu_ranks(x64):
     linear = hr.mlp_hessian_ranks(jax.random.key(0), (3, 4, 4, 2), x, y, activation="linear")
     pred = hr.deep_linear_rank_formula((3, 4, 4, 2), 3)
     assert (linear.outer, linear.functional, linear.full) == (pred.outer, pred.functional, pred.full)
+
+
+def test_relu_functional_block_pairs_the_perturbations_unit_by_unit(x64):
+    """One hidden ReLU layer: H_f[(a, m), (m', k)] = [m = m'] c Omega_m[a, k], Omega_m = X^T D_m e / N; no W_1 in it.
+
+    The bilinear form is sum_m dW_1[:, m]^T Omega_m dW_2[m, :]^T in the perturbations dW_1, dW_2 (c: the
+    product of the two layers' NTK multipliers); the diagonal blocks vanish.
+    """
+    from overparam.models import MLPSpec
+
+    d, m, k, n = 3, 4, 2, 7
+    spec = MLPSpec((d, m, k), "relu", "ntk", use_bias=False)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), spec.init(0))
+    x = jax.random.normal(jax.random.key(1), (n, d), jnp.float64)
+    y = jax.random.normal(jax.random.key(2), (n, k), jnp.float64)
+    h_f = hr.hessian_parts(spec, params, x, y).functional
+    _, pre = spec.trace(params, x)
+    e = np.asarray(spec(params, x) - y)
+    mask = np.asarray(pre[0] > 0, dtype=float)                                     # D_m on the diagonal, (N, M)
+    c = spec.layer_scales()[0][2] * spec.layer_scales()[1][2]
+    omega = np.einsum("na,nm,nk->mak", np.asarray(x), mask, e) / n                 # Omega_m (M, d, K)
+    block = np.zeros((d, m, m, k))
+    for j in range(m):
+        block[:, j, j, :] = c * omega[j]
+    np.testing.assert_allclose(h_f[: d * m, d * m:], block.reshape(d * m, m * k), atol=1e-12)
+    np.testing.assert_allclose(h_f[: d * m, : d * m], 0, atol=1e-12)
+    np.testing.assert_allclose(h_f[d * m:, d * m:], 0, atol=1e-12)

@@ -1,6 +1,6 @@
 """SymPy derivations for the curvature chapter: Hessian rank, Fisher sharpness, natural gradient.
 
-Each function returns SymPy objects; ``tests/test_derivations_curvature.py`` checks every
+Each function returns SymPy objects; ``tests/derivations/test_hessian_fisher.py`` checks every
 result the chapter relies on against the numerical code of ``overparam.experiments.hessian_rank``,
 ``overparam.experiments.fisher`` and ``overparam.experiments.natural_gradient``.
 
@@ -14,6 +14,7 @@ import itertools
 import random
 
 import sympy as sp
+from sympy.polys.matrices import DomainMatrix
 
 # ------------------------------------------------------------------ Hessian = outer + functional
 
@@ -315,6 +316,21 @@ def mode_factors():
     return gd, ngd, sp.limit(ngd, rho, 0), dict(eta=eta, lam=lam, N=n, rho=rho)
 
 
+def push_through_commutator():
+    """(J^T J + rho I) J^T - J^T (J J^T + rho I) for a matrix symbol J of any shape (n, p): expands to 0.
+
+    Multiplying the vanishing commutator by (J^T J + rho I)^{-1} on the left and (J J^T + rho I)^{-1}
+    on the right (both invertible for rho > 0) gives the push-through identity
+    (J^T J + rho I)^{-1} J^T = J^T (J J^T + rho I)^{-1}, for every n and p: the P x P solve of a
+    damped natural-gradient step is an n x n one. Returns (expanded commutator, symbols).
+    """
+    n, p = sp.symbols("n p", positive=True, integer=True)
+    rho = sp.Symbol("rho", positive=True)
+    jac = sp.MatrixSymbol("J", n, p)
+    comm = (jac.T * jac + rho * sp.Identity(p)) * jac.T - jac.T * (jac * jac.T + rho * sp.Identity(n))
+    return sp.expand(comm), dict(n=n, p=p, rho=rho, J=jac)
+
+
 def _symbolic(name, rows, cols):
     return sp.Matrix(rows, cols, lambda i, j: sp.Symbol(f"{name}_{i + 1}{j + 1}", real=True))
 
@@ -345,30 +361,141 @@ def block_diagonal_operator(num_examples: int = 2, block_sizes=(3, 1)):
     return operator, push, limits, dict(rho=rho, blocks=blocks, N=n)
 
 
-def kfac_layer_operator(num_examples: int = 2, n_in: int = 2, n_out: int = 2, constant_delta: bool = False):
-    """K-FAC's function-space term for one layer from its Kronecker factors, derived as N (P_a o P_delta).
+def layer_jacobian(a, n_out: int, last_layer: bool = False, prefix: str = ""):
+    """Per-example Jacobian (N, n_in n_out) of a network's output w.r.t. one layer's weights, by the chain rule.
 
-    One output (K = 1). Symbolic layer inputs a (N, n_in) and deltas delta (N, n_out) (delta_n =
-    d f(x_n) / d h_n; ``constant_delta``: every delta_n = 1, the last layer of a K = 1 network,
-    which needs n_out = 1). The Jacobian row of example n is a_n (x) delta_n (row-major w), the K-FAC
-    block A_bar (x) G_bar with A_bar = a^T a / N, G_bar = delta^T delta / N (both invertible here:
-    n_in, n_out <= N), and the term J (A_bar (x) G_bar)^{-1} J^T / N. By the mixed-product rule its
-    entry (n, m) is N [a_n^T (a^T a)^{-1} a_m] [delta_n^T (delta^T delta)^{-1} delta_m], i.e.
-    N (P_a o P_delta) with P the projections on the column spaces of a and delta (o: entrywise).
-    Returns (term, N (P_a o P_delta), dict(P_a, P_delta, a, delta)).
+    The layer maps its inputs a (N, n_in) to h_n = a_n W with a symbolic W (n_in, n_out); the rest
+    of the network is an unspecified function F, f(x_n) = F(h_n) (``last_layer``: F(h) = h, one
+    output). SymPy differentiates f(x_n) with respect to the entries of W (row-major) and names the
+    derivative dF/dh_j at h_n delta_nj: the rows come out as a_n (x) delta_n (row-major), with
+    delta_n = 1 for the last layer. Returns (J, delta (N, n_out)); symbol names start with ``prefix``.
     """
-    n = num_examples
-    if constant_delta and n_out != 1:
-        raise ValueError(f"constant_delta needs n_out = 1 (the last layer of a one-output net), got n_out={n_out}")
-    if max(n_in, n_out) > n:
-        raise ValueError(f"n_in={n_in} and n_out={n_out} must be <= num_examples={n} (invertible factors)")
-    a = _symbolic("a", n, n_in)
-    delta = sp.ones(n, 1) if constant_delta else _symbolic("delta", n, n_out)
-    jac = sp.Matrix([list(sp.kronecker_product(a[i, :], delta[i, :])) for i in range(n)])
-    a_bar, g_bar = a.T * a / n, delta.T * delta / n
-    factor_inv = sp.kronecker_product(a_bar.inv(), g_bar.inv())
-    term = (jac * factor_inv * jac.T / n).applyfunc(sp.cancel)
-    p_a = a * (a.T * a).inv() * a.T
-    p_d = delta * (delta.T * delta).inv() * delta.T
+    n, n_in = a.shape
+    if last_layer and n_out != 1:
+        raise ValueError(f"last_layer needs n_out = 1 (the output layer of a one-output net), got n_out={n_out}")
+    w = _symbolic(f"{prefix}W", n_in, n_out)
+    h = a * w
+    delta = _symbolic(f"{prefix}delta", n, n_out)
+    rows = []
+    for i in range(n):
+        out = h[i, 0] if last_layer else sp.Function("F")(*h[i, :])
+
+        def name_derivative(derivative, variables, point, i=i):
+            (var,) = derivative.variables
+            return delta[i, list(derivative.expr.args).index(var)]
+
+        rows.append([sp.diff(out, wij).replace(sp.Subs, name_derivative) for wij in w])
+    return sp.Matrix(rows), (sp.ones(n, 1) if last_layer else delta)
+
+
+def _domain_matrix(matrix, domain):
+    return DomainMatrix.from_list_sympy(*matrix.shape, matrix.tolist()).convert_to(domain)
+
+
+def _field(*matrices):
+    """QQ(symbols): the field of rational functions in the free symbols of ``matrices``."""
+    gens = sorted(set().union(*(m.free_symbols for m in matrices)), key=str)
+    return sp.QQ.frac_field(*gens) if gens else sp.QQ
+
+
+def rational_zero(matrix) -> bool:
+    """True iff every entry of ``matrix`` (rational functions) is identically zero, decided exactly in QQ(symbols)."""
+    return _domain_matrix(matrix, _field(matrix)).is_zero_matrix
+
+
+def column_space_projection(z):
+    """Orthogonal projection (N, N) on the column space of a symbolic z (N, k), from a basis of that space.
+
+    B = the pivot columns of z (exact elimination in QQ(entries): generic entries) and
+    P = B (B^T B)^{-1} B^T; the identity when z has rank N, never assumed to be.
+    """
+    zf = _domain_matrix(z, _field(z))
+    _, pivots = zf.rref()
+    basis = DomainMatrix.hstack(*[zf.extract(list(range(z.shape[0])), [p]) for p in pivots])
+    return (basis * (basis.transpose() * basis).inv() * basis.transpose()).to_Matrix()
+
+
+def _lowest_power(poly, index):
+    """(k, c): the lowest power k of generator ``index`` in ``poly`` and its coefficient c (that generator set to 0)."""
+    terms = {}
+    for monom, coeff in poly.terms():
+        rest = monom[:index] + (0,) + monom[index + 1:]
+        terms.setdefault(monom[index], {})[rest] = coeff
+    k = min(terms)
+    return k, poly.ring.from_dict(terms[k])
+
+
+def kfac_layer_operator(num_examples: int = 2, n_in: int = 2, n_out: int = 2, last_layer: bool = False,
+                        a=None, prefix: str = ""):
+    """K-FAC's function-space term for one layer, derived from its damped Kronecker factors, and N (P_a o P_delta).
+
+    One output (K = 1). Layer inputs a (N, n_in) (symbolic unless given) and the Jacobian rows of
+    ``layer_jacobian`` (deltas symbolic, or all one for the ``last_layer``). K-FAC's block is
+    A_bar (x) G_bar with A_bar = a^T a / N and G_bar = delta^T delta / N, each damped as in
+    ``overparam.experiments.natural_gradient`` (A_bar + rho I, G_bar + rho I), so the widths may
+    exceed N (singular factors). The term J [(A_bar + rho I)^{-1} (x) (G_bar + rho I)^{-1}] J^T / N is
+    formed in parameter space (inverses as adjugate / determinant, exact polynomial arithmetic) and
+    its rho -> 0 limit taken entry by entry from the lowest powers of rho in numerator and
+    denominator (a pole, a negative power left over, raises ValueError). The mixed-product rule
+    predicts N (P_a o P_delta) (o: entrywise, P: ``column_space_projection``), computed separately;
+    the tests compare the two, and the damped term with the library's. Returns (limit term,
+    N (P_a o P_delta), dict(term_rho, rho, P_a, P_delta, a, delta)).
+    """
+    n = int(num_examples)
+    a = _symbolic(f"{prefix}a", n, n_in) if a is None else a
+    jac, delta = layer_jacobian(a, n_out, last_layer, prefix)
+    rho = sp.Symbol("rho", positive=True)
+    gens = sorted(jac.free_symbols | a.free_symbols | delta.free_symbols, key=str)
+    ring = sp.ZZ[tuple(gens) + (rho,)]
+    # (A_bar + rho I)^{-1} = N adj(a^T a + N rho I) / det(a^T a + N rho I), the same for G_bar
+    adj_a, det_a = (_domain_matrix(a.T * a + n * rho * sp.eye(a.shape[1]), ring)).adj_det()
+    adj_g, det_g = (_domain_matrix(delta.T * delta + n * rho * sp.eye(n_out), ring)).adj_det()
+    ea, eg = adj_a.to_list(), adj_g.to_list()
+    kron = DomainMatrix([[ea[i][k] * eg[j][l] for k in range(len(ea)) for l in range(len(eg))]
+                         for i in range(len(ea)) for j in range(len(eg))], (len(ea) * len(eg),) * 2, ring)
+    jd = _domain_matrix(jac, ring)
+    numerator = (jd * kron * jd.transpose()) * ring.convert(n)    # N^2 / N from the two inverses and the 1/N
+    denominator = det_a * det_g
+    k_den, c_den = _lowest_power(denominator, len(gens))
+    field = ring.get_field()
+    term = []
+    for row in numerator.to_list():
+        term.append([])
+        for entry in row:
+            k_num, c_num = _lowest_power(entry, len(gens)) if entry else (k_den, entry)
+            if k_num < k_den:
+                raise ValueError(f"the damped K-FAC term has a pole at rho = 0 (rho^{k_num - k_den}): no finite limit")
+            term[-1].append(field.convert(c_num) / field.convert(c_den) if k_num == k_den else field.zero)
+    term = DomainMatrix(term, (n, n), field).to_Matrix()
+    term_rho = numerator.to_Matrix() / ring.to_sympy(denominator)
+    p_a, p_d = column_space_projection(a), column_space_projection(delta)
     hadamard = (n * p_a.multiply_elementwise(p_d)).applyfunc(sp.cancel)
-    return term, hadamard, dict(P_a=p_a, P_delta=p_d, a=a, delta=delta)
+    return term, hadamard, dict(term_rho=term_rho, rho=rho, P_a=p_a, P_delta=p_d, a=a, delta=delta)
+
+
+def kfac_network_operator(num_examples: int = 2, input_dim: int = 1, width: int = 3, depth: int = 3):
+    """K-FAC's function-space operator of a one-output net (d, M, ..., M, 1), layer by layer, as rho -> 0.
+
+    Symbolic inputs x (N, d); every later layer's inputs and deltas are generic symbols (a network
+    at a generic point); each layer's term from ``kfac_layer_operator``, the last with deltas all one
+    (f = h_L). Nothing about the widths is assumed: with M >= N the derivation returns N diag(h) for
+    the first layer (h_n = P_X[n, n], the leverage scores of x), N I for each hidden layer and I for
+    the last, whose sum the chapter predicts as (1 + (L - 2) N) I + N diag(h) (``closed_form``).
+    Returns dict(terms, operator, closed_form, leverage, x, layers = each layer's third return value).
+    """
+    n, depth = int(num_examples), int(depth)
+    if depth < 2:
+        raise ValueError(f"depth={depth} must be >= 2")
+    x = _symbolic("x", n, input_dim)
+    fan_in = [input_dim] + [width] * (depth - 1)
+    terms, layers = [], []
+    for l in range(depth):
+        last = l == depth - 1
+        term, _, info = kfac_layer_operator(n, fan_in[l], 1 if last else width, last_layer=last,
+                                            a=x if l == 0 else None, prefix=f"l{l + 1}")
+        terms.append(term)
+        layers.append(info)
+    leverage = column_space_projection(x).diagonal()
+    closed = (1 + (depth - 2) * n) * sp.eye(n) + n * sp.diag(*leverage)
+    return dict(terms=terms, operator=sum(terms[1:], terms[0]), closed_form=closed, leverage=leverage, x=x,
+                layers=layers)
