@@ -39,7 +39,8 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys):
 @pytest.mark.slow
 def test_failure_is_isolated_cached_and_keyed_on_lib(tmp_path):
     # the kernel compiles into the book's shared cache (runner.jax_cache_environment)
-    cache_check = "import os; assert os.environ['JAX_COMPILATION_CACHE_DIR'].endswith('/_build/jax_cache')"
+    cache_check = ("import os; assert os.environ['JAX_COMPILATION_CACHE_DIR'].endswith('/_build/jax_cache'); "
+                   "assert runner_flag in os.environ['XLA_FLAGS'].split()").replace("runner_flag", repr(runner.SMOKE_XLA_FLAGS))
     root = make_root(tmp_path, {"01_good": "", "02_bad": "raise RuntimeError('boom in chapter two')",
                                 "03_good": cache_check})
     lines = []
@@ -97,3 +98,13 @@ def test_two_processes_running_one_chapter_take_turns(tmp_path):
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         statuses = sorted(pool.map(_run_tiny, [root, root]))
     assert statuses == ["cached", "ok"], statuses
+
+
+def test_kernel_environment_compiles_smoke_without_backend_optimizations(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    smoke, ci = runner.kernel_environment("smoke", tmp_path), runner.kernel_environment("ci", tmp_path)
+    assert smoke["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 " + runner.SMOKE_XLA_FLAGS
+    assert "XLA_FLAGS" not in ci, "ci and full compile as usual"
+    assert smoke["JAX_COMPILATION_CACHE_DIR"] == ci["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "_build" / "jax_cache")
+    with pytest.raises(ValueError, match="not a known scale"):
+        runner.kernel_environment("huge", tmp_path)

@@ -232,14 +232,14 @@ def verify_solutions_and_stubs(source: Path, scale: str = "smoke", timeout: int 
     """
     import jupytext
 
-    from overparam.book.runner import jax_cache_environment, scoped_environment
+    from overparam.book.runner import kernel_environment, scoped_environment
 
     exercises = [e for e in parse_exercises(source.read_text()) if e.checks]
     nb = jupytext.reads(student_text(source.read_text(), scale), fmt="md:myst")
     outcome = {}
-    # the kernel shares the book's compilation cache: what the chapter's own run compiled is read back
-    cache = jax_cache_environment(source.resolve().parents[1])
-    with scoped_environment(**cache), _Kernel(nb, source.parent, timeout) as kernel:
+    # the kernel is set up as the chapter's own run at this scale: what that run compiled is read back
+    env = kernel_environment(scale, source.resolve().parents[1])
+    with scoped_environment(**env), _Kernel(nb, source.parent, timeout) as kernel:
         for i, cell in enumerate(list(nb.cells)):
             if cell.cell_type == "code":
                 err = kernel.run_cell(cell, i)
