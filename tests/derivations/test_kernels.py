@@ -124,3 +124,39 @@ def test_relu_forward_iteration_rate():
     d = (rng.random(n) < 0.5).astype(float)
     radius = np.abs(np.linalg.eigvals(w * d[None, :])).max()
     assert abs(radius - 1 / np.sqrt(2)) < 0.05
+
+
+@pytest.mark.parametrize("c", [1, 10])
+def test_flow_ridge_filter_gap_is_the_largest_gap(c):
+    r = dk.flow_ridge_filter_gap(c)
+    assert r["stationarity"] == 0 and r["closed_form_error"] == 0
+    gap = sp.lambdify(r["x"], r["gap"], "numpy")
+    x = np.linspace(0.0, 60.0, 600001)
+    assert abs(gap(x).max() - float(r["value"])) < 1e-9
+    assert abs(x[np.argmax(gap(x))] - float(r["x_star"])) < 1e-3
+    assert np.isclose(float(sp.N(dk.flow_ridge_filter_gap(1)["value"])), 0.2036321888, atol=1e-9)
+
+
+def test_flow_ridge_filter_gap_bounds_the_regression_code():
+    """The flow at time t and ridge N c / t on Theta, from overparam.kernels.regression, differ by at most
+    value * ||y|| on the training inputs, with equality for y an eigenvector whose s t is x*."""
+    from overparam.kernels.regression import gradient_flow_prediction, kernel_regression
+
+    rng = np.random.default_rng(0)
+    n = 12
+    a = rng.normal(size=(n, 3 * n))
+    theta = a @ a.T / (3 * n)
+    evals, evecs = np.linalg.eigh(theta)
+    for c in (1, 10):
+        bound = float(dk.flow_ridge_filter_gap(c)["value"])
+        x_star = float(dk.flow_ridge_filter_gap(c)["x_star"])
+        for t in np.geomspace(0.1, 1e3, 9):
+            y = rng.normal(size=(n, 1))
+            flow = np.asarray(gradient_flow_prediction(theta, theta, y, t=t).mean)
+            ridge = np.asarray(kernel_regression(theta, theta, y, ridge=c * n / t))
+            assert np.linalg.norm(flow - ridge) <= bound * np.linalg.norm(y) + 1e-12
+        y = evecs[:, [n // 2]]
+        t = x_star * n / evals[n // 2]  # s = lambda / N, s t = x*
+        flow = np.asarray(gradient_flow_prediction(theta, theta, y, t=t).mean)
+        ridge = np.asarray(kernel_regression(theta, theta, y, ridge=c * n / t))
+        assert np.isclose(np.linalg.norm(flow - ridge), bound, rtol=1e-9)

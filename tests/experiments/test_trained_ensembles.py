@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from overparam.experiments.trained_ensembles import (ensemble_mean_sq_gaps, gp_draws, mean_sq_z_null_sd,
-                                                     standardized_residuals, train_mlp_ensemble)
+from overparam.kernels.regression import gradient_flow_prediction, kernel_regression
+from overparam.experiments.trained_ensembles import (ensemble_mean_gap_ratio, ensemble_mean_gap_ratio_null_sd,
+                                                     ensemble_mean_sq_gaps, gp_draws, mean_sq_z_null_sd,
+                                                     ridge_fit_distance, standardized_residuals, train_mlp_ensemble)
 
 
 def test_train_mlp_ensemble_settings_and_the_kernel_regime():
@@ -60,3 +62,36 @@ def test_calibration_statistics_against_draws_of_the_predicted_gaussian():
         ensemble_mean_sq_gaps(draws[0], mean, [32])
     with pytest.raises(ValueError, match="expected"):
         standardized_residuals(draws[0], mean[:3], cov)
+
+
+def test_whole_ensemble_gap_ratio_null_and_a_shifted_mean():
+    """The ratio's mean 1 and standard deviation on draws of the Gaussian; a shifted mean adds S ||shift||^2 / (K tr C)."""
+    mean, cov = _correlated_gaussian()
+    draws = gp_draws(jax.random.key(5), mean, cov, num_nets=16, num_draws=4000)
+    ratios = np.array([ensemble_mean_gap_ratio(d, mean, cov) for d in draws])
+    assert abs(ratios.mean() - 1.0) < 4 * ratios.std() / np.sqrt(len(ratios))
+    np.testing.assert_allclose(ratios.std(), ensemble_mean_gap_ratio_null_sd(cov, num_outputs=2), rtol=0.06)
+    shift = np.full_like(mean, 0.1)
+    shifted = np.array([ensemble_mean_gap_ratio(d, mean + shift, cov) for d in draws[:2000]])
+    predicted = 1 + 16 * np.sum(shift**2) / (2 * np.trace(cov))
+    assert abs(shifted.mean() - predicted) < 4 * shifted.std() / np.sqrt(len(shifted))
+
+
+def test_ridge_fit_distance_of_the_flow_and_its_arguments():
+    """The flow itself is within 0.2036 ||y|| of ridge 1/t; with ridge 0 limits the distance is the flow's residual."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(8, 20))
+    theta, y = a @ a.T / 20, rng.normal(size=(8, 1))
+    times = np.geomspace(0.5, 200.0, 6)
+    flow = np.stack([np.asarray(gradient_flow_prediction(theta, theta, y, t=t).mean) for t in times])[:, None]
+    d = ridge_fit_distance(flow, theta, y, times)
+    assert d.shape == (6, 1) and d.max() <= 0.2036322 and d.max() > 0.05
+    assert ridge_fit_distance(flow, theta, y, times, 10.0).max() > d.max()
+    # a network that has not moved is ||ridge fit|| / ||y|| away
+    zero = np.zeros_like(flow)
+    np.testing.assert_allclose(ridge_fit_distance(zero[:1], theta, y, times[:1])[0, 0],
+                               np.linalg.norm(kernel_regression(theta, theta, y, ridge=8 / times[0])) / np.linalg.norm(y))
+    with pytest.raises(ValueError, match="positive"):
+        ridge_fit_distance(flow, theta, y, -times)
+    with pytest.raises(ValueError, match="expected"):
+        ridge_fit_distance(flow[:3], theta, y, times)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from overparam.kernels.regression import kernel_regression
 from overparam.models import MLPSpec
 from overparam.training import mse_loss, run_loop
 
@@ -155,6 +156,60 @@ def ensemble_mean_sq_gaps(f_test, mean, sizes):
             raise ValueError(f"ensemble size {k} must be between 1 and the number of networks {f.shape[0]}")
         avg = f[: groups * k].reshape(groups, k, *f.shape[1:]).mean(1)
         out.append(float(np.mean((avg - mu[None]) ** 2)))
+    return np.array(out)
+
+
+def ensemble_mean_gap_ratio(f_test, mean, cov) -> float:
+    """Squared gap of the mean of all S networks to ``mean``, in units of its predicted size tr(cov) K / S.
+
+    f_test (S, M) or (S, M, K), mean (M,) or (M, K), cov (M, M). If the networks are draws from
+    N(mean, cov) (per output), the average of S of them is N(mean, cov / S), so the ratio has
+    expectation 1 and standard deviation ``ensemble_mean_gap_ratio_null_sd``. Against another
+    mean mu' its expectation is 1 + S ||mean - mu'||^2 / (K tr cov): unlike the slope in k, the
+    whole ensemble magnifies a difference of means S times.
+    """
+    f, mu, c = _as_sm_k(f_test, mean, cov)
+    s, _, k = f.shape
+    return float(np.sum((f.mean(0) - mu) ** 2) / (k * np.trace(c) / s))
+
+
+def ensemble_mean_gap_ratio_null_sd(cov, num_outputs: int = 1) -> float:
+    """Standard deviation of ``ensemble_mean_gap_ratio`` for draws from the predicted Gaussian.
+
+    The gap is a sum of independent lambda_i chi^2_1 terms over the eigenvalues lambda_i of cov
+    (one set per output), so its variance is 2 K sum lambda_i^2 and the ratio's is
+    2 sum lambda^2 / (K (sum lambda)^2): the number of networks cancels.
+    """
+    evals = np.clip(np.linalg.eigvalsh(np.asarray(cov, dtype=np.float64)), 0.0, None)
+    return float(np.sqrt(2.0 * np.sum(evals**2) / num_outputs) / np.sum(evals))
+
+
+def ridge_fit_distance(f_train, ntk_train_train, y_train, times, ridge_factor=1.0):
+    """Distance of networks stopped at gradient-flow times ``times`` from kernel ridge regression with ridge c / t.
+
+    f_train (R, S, N) or (R, S, N, K): training-set outputs of S networks after flow time times[r]
+    (t = lr * steps, ``train_mlp_ensemble``); ntk_train_train (N, N); y_train (N,) or (N, K);
+    ridge_factor c. The ridge fit is ``kernel_regression`` with ridge c N / t on Theta, i.e. ridge
+    c / t on Theta / N, the operator of the flow under ``mse_loss``. Returns (R, S) float64:
+    ||f - f_ridge|| / ||y|| on the training inputs. For the linearized flow itself and c = 1 this
+    is at most ``derivations.kernels.flow_ridge_filter_gap(1)`` = 0.2036 at every t.
+    """
+    theta = np.asarray(ntk_train_train, dtype=np.float64)
+    y = np.asarray(y_train, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    f = np.asarray(f_train, dtype=np.float64)
+    f = f[..., None] if f.ndim == 3 else f
+    times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    n = theta.shape[0]
+    if f.ndim != 4 or f.shape[0] != times.shape[0] or f.shape[2:] != y.shape or theta.shape != (n, n):
+        raise ValueError(f"f_train {f.shape}, times {times.shape}, y_train {y.shape}, ntk {theta.shape}: "
+                         "expected (R, S, N[, K]), (R,), (N[, K]), (N, N)")
+    if np.any(times <= 0) or ridge_factor <= 0:
+        raise ValueError(f"times {times} and ridge_factor {ridge_factor} must be positive")
+    out = []
+    for r, t in enumerate(times):
+        fit = np.asarray(kernel_regression(theta, theta, y, ridge=ridge_factor * n / t))
+        out.append(np.linalg.norm(f[r] - fit[None], axis=(1, 2)) / np.linalg.norm(y))
     return np.array(out)
 
 
