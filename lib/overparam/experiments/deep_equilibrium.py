@@ -10,7 +10,8 @@ limit z* = phi(h*) of the iteration (the "infinitely deep" weight-tied network);
 the iteration converges geometrically when the map z -> phi(sigma_w z W / sqrt(n) + ...) is a
 contraction: Lip(phi) sigma_w ||W||_op / sqrt(n) < 1, and ||W||_op / sqrt(n) -> 2 for a square
 Gaussian matrix, so sigma_w < 1/2 suffices for relu (Lip 1) at large width; Gao et al. (2023)
-assume sigma_w^2 < 1/8 (||W||_op <= 2 sqrt(2n) with probability >= 1 - exp(-n/2)). Beyond that
+assume sigma_w^2 < 1/8 (||W||_op <= 2 sqrt(2n) with probability >= 1 - exp(-(6 - 4 sqrt 2) n), from
+the Gaussian bound ||W||_op <= 2 sqrt(n) + s with probability >= 1 - exp(-s^2 / 2)). Beyond that
 the fixed point can still be reached by local convergence (e.g. relu with sigma_w = 1: the
 linearization at z* is stable, only about half the units being active), but existence,
 uniqueness and convergence from every start are no longer guaranteed.
