@@ -26,8 +26,9 @@ kernels are charged the input Gram 2N^2 d only: the rest is elementwise (arccos,
 N^2 entries per layer, so their fraction of the matmul peak is small by construction.
 Both sides run one after the other on the same machine; the peak is measured on our side.
 The issue's target: layer-wise >= 50x faster than Jacobian contraction at width 1024,
-N = 256, and no slower than neural-tangents' fastest implementation.
-Run: ``python benchmarks/peers_bench.py [--fresh] [--shapes 1024x256 256x128]``.
+N = 256 and at width 4096, and at least twice as fast as neural-tangents' fastest implementation at both
+widths. At width 4096 the Jacobian rows need the whole Jacobian (52 GB at N = 256), so the default
+wider case is N = 64. Run: ``python benchmarks/peers_bench.py [--fresh] [--shapes 1024x256 4096x64]``.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(1024, 256), (256, 128)])
+    parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(1024, 256), (4096, 64)])
     parser.add_argument("--d-in", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fresh", action="store_true", help="rebuild the peers venv from scratch")
@@ -208,7 +209,7 @@ def main():
         if nt_times:
             fastest = min(nt_times, key=nt_times.get)
             line += (f"; fastest neural-tangents ({fastest}) / layer-wise = "
-                     f"{nt_times[fastest] / t['ours layer-wise']:.2f}x (target >= 1)")
+                     f"{nt_times[fastest] / t['ours layer-wise']:.2f}x (target >= 2)")
         print(line)
 
 
