@@ -104,3 +104,26 @@ def test_image_layer_families_equal_budgets_and_modes():
     assert tt.tt_mlp_apply(tt.tt_mlp_init_layers(jax.random.key(0), fam["tt"](5)), x).shape == (5, 10)
     with pytest.raises(ValueError, match="outputs"):
         tt.tt_mlp_init_layers(jax.random.key(0), [((8, 8), (16, 16), (2,)), ((100,), (10,), ())])
+
+
+def test_tt_unfolding_ranks_counts_the_bond_ranks_of_the_weight():
+    cores = tt.tt_init(jax.random.key(0), (4, 4, 4), (4, 8, 8), (3, 2))
+    assert tt.tt_unfolding_ranks(cores) == [3, 2]
+    # switching off one slice of the first bond (in the core on its left) lowers that bond's rank only
+    cut = [cores[0].at[..., 2].set(0.0), cores[1], cores[2]]
+    assert tt.tt_unfolding_ranks(cut) == [2, 2]
+    # a small slice counts below the threshold and above it when the threshold is lower
+    small = [cores[0].at[..., 2].multiply(1e-3), cores[1], cores[2]]
+    assert tt.tt_unfolding_ranks(small, 0.1) == [2, 2] and tt.tt_unfolding_ranks(small, 1e-6) == [3, 2]
+    with pytest.raises(ValueError, match="threshold"):
+        tt.tt_unfolding_ranks(cores, 1.5)
+
+
+def test_tt_teacher_task_labels_are_the_teachers_and_classes_are_balanced():
+    modes = [(4, 4, 4), (4, 8, 8), (1, 1, 10)]
+    teacher, x, y, xt, lt = tt.tt_teacher_task(jax.random.key(1), modes, 2, 2000, 300)
+    assert x.shape == (2000, 64) and y.shape == (2000, 10) and xt.shape == (300, 64) and lt.shape == (300,)
+    assert [tt.tt_unfolding_ranks(layer["cores"]) for layer in teacher] == [[2, 2], [2, 2]]
+    np.testing.assert_array_equal(np.argmax(y, 1), np.argmax(tt.tt_mlp_apply(teacher, x), 1))
+    np.testing.assert_array_equal(lt, np.argmax(tt.tt_mlp_apply(teacher, xt), 1))
+    assert float(y.mean(0).max()) < 0.3 and float(y.mean(0).min()) > 0.005  # no class dominates or vanishes

@@ -185,6 +185,50 @@ def tt_mlp_counts(params) -> tuple[int, int]:
     return n_params, macs
 
 
+def tt_unfolding_ranks(cores, threshold: float = 0.1) -> list[int]:
+    """Numerical TT ranks of the layer's weight tensor: one int per bond (d - 1 of them).
+
+    The weight W (M, N) is the tensor T[(i_1, j_1), ..., (i_d, j_d)] of d modes of sizes
+    m_k n_k; its k-th unfolding groups the first k modes as rows. A TT with bond ranks r_k has
+    unfoldings of rank <= r_k, with equality for generic cores (the TT-SVD of Oseledets 2011
+    recovers them). Counted here: singular values above ``threshold`` times the largest, so the
+    count measures the weight itself, whatever rank the cores were given.
+    """
+    if not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"threshold={threshold}: expected a fraction of the largest singular value in [0, 1)")
+    ms, ns = [int(c.shape[1]) for c in cores], [int(c.shape[2]) for c in cores]
+    d = len(cores)
+    t = jnp.reshape(tt_full_matrix(cores), (*ms, *ns))
+    t = jnp.transpose(t, [a for k in range(d) for a in (k, d + k)])  # (m_1, n_1, m_2, n_2, ...)
+    ranks = []
+    for k in range(1, d):
+        sv = jnp.linalg.svd(t.reshape(math.prod(ms[:k]) * math.prod(ns[:k]), -1), compute_uv=False)
+        ranks.append(int(jnp.sum(sv > threshold * sv[0])))
+    return ranks
+
+
+def tt_teacher_task(key, layer_modes, rank: int, num_train: int, num_test: int):
+    """A classification task labelled by a random TT-MLP of known bond rank (the rank-recovery test).
+
+    The teacher is ``tt_mlp_init(key, layer_modes, rank)``, with its last bias shifted by minus the
+    mean logit of each class over the training inputs, so that no class is nearly empty; inputs
+    are i.i.d. N(0, 1) of size prod(layer_modes[0]). Returns (teacher, x_train (num_train, M),
+    y_train one-hot (num_train, C), x_test (num_test, M), labels_test (num_test,)): the labels are
+    the teacher's argmax, so a student of any rank can at best reproduce the teacher's function.
+    """
+    k_teacher, k_train, k_test = jax.random.split(key, 3)
+    teacher = tt_mlp_init(k_teacher, layer_modes, int(rank))
+    size = math.prod(layer_modes[0])
+    x_train = jax.random.normal(k_train, (int(num_train), size))
+    x_test = jax.random.normal(k_test, (int(num_test), size))
+    shift = tt_mlp_apply(teacher, x_train).mean(0)
+    teacher = teacher[:-1] + [{"cores": teacher[-1]["cores"], "b": teacher[-1]["b"] - shift}]
+    classes = math.prod(layer_modes[-1])
+    y_train = jax.nn.one_hot(jnp.argmax(tt_mlp_apply(teacher, x_train), 1), classes)
+    labels_test = jnp.argmax(tt_mlp_apply(teacher, x_test), 1)
+    return teacher, x_train, y_train, x_test, labels_test
+
+
 def _tt_xent(params, x, y):
     return softmax_cross_entropy(tt_mlp_apply(params, x), y)
 
