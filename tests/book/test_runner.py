@@ -40,7 +40,7 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys):
 def test_failure_is_isolated_cached_and_keyed_on_lib(tmp_path):
     # the kernel compiles into the book's shared cache (runner.jax_cache_environment)
     cache_check = ("import os; assert os.environ['JAX_COMPILATION_CACHE_DIR'].endswith('/_build/jax_cache'); "
-                   "assert runner_flag in os.environ['XLA_FLAGS'].split()").replace("runner_flag", repr(runner.SMOKE_XLA_FLAGS))
+                   f"assert {runner.SMOKE_XLA_FLAGS!r} in os.environ['XLA_FLAGS'].split()")
     root = make_root(tmp_path, {"01_good": "", "02_bad": "raise RuntimeError('boom in chapter two')",
                                 "03_good": cache_check})
     lines = []

@@ -49,9 +49,14 @@ def _check_batch_size(batch_size):
     return batch_size
 
 
+def _lanczos_keys(keys):
+    """One Lanczos start key per seed (S,), drawn from the first of the S initialization ``keys``."""
+    return jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
+
+
 def _seed_input_hessian_norms(apply_fn, params, keys, xs, num_iters, batch_size):
     """Lanczos ||d^2 apply_fn(x)/d theta^2||_2 for each seed (params, Lanczos key from ``keys``) and input: (S, M)."""
-    lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
+    lanczos_keys = _lanczos_keys(keys)
 
     def per_seed(pk):
         p, k = pk
@@ -315,7 +320,7 @@ def nonlinear_output_sweep(widths, num_steps, num_iters, keys, x_train, y_train,
 def _nonlinear_output_sweep(widths, num_steps, num_iters, batch_size, keys, x_train, y_train, x_hess):
     net = NonlinearOutput(MLPSpec(widths, "relu", "ntk", use_bias=False))
     params0 = net.spec.init_ensemble(keys)
-    lanczos_keys = jax.random.split(jax.random.fold_in(keys[0], 7), keys.shape[0])
+    lanczos_keys = _lanczos_keys(keys)
 
     def one(pk):
         p0, key = pk
